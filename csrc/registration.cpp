@@ -1,0 +1,47 @@
+// Every op schema of the cosmos_engine namespace, in one place. Implementations register themselves
+// per device in csrc/<op>/<op>_{cpu.cpp,cuda.cu}; fakes and autograd live in python/cosmos_engine/ops.
+#include <torch/library.h>
+
+#include <string>
+
+namespace cosmos_engine {
+namespace {
+
+#if defined(COSMOS_ENGINE_WITH_CUDA)
+constexpr bool kWithCuda = true;
+#else
+constexpr bool kWithCuda = false;
+#endif
+
+// What this library was built with, as JSON (read by cosmos_engine.build_info()).
+std::string build_info() {
+  std::string json = "{";
+  json += "\"torch_version\": \"" COSMOS_BUILD_TORCH_VERSION "\", ";
+  json += "\"torch_cuda_version\": \"" COSMOS_BUILD_TORCH_CUDA_VERSION "\", ";
+  json += std::string("\"cuda\": ") + (kWithCuda ? "true" : "false") + ", ";
+  json += "\"cuda_reason\": \"" COSMOS_BUILD_CUDA_REASON "\", ";
+  json += "\"cuda_archs\": \"" COSMOS_BUILD_CUDA_ARCHS "\", ";
+  json += "\"cutlass_include\": \"" COSMOS_BUILD_CUTLASS_DIR "\"";
+  json += "}";
+  return json;
+}
+
+}  // namespace
+}  // namespace cosmos_engine
+
+TORCH_LIBRARY(cosmos_engine, m) {
+  // JSON describing the build: torch version, CUDA on/off and why, archs.
+  m.def("build_info() -> str", &cosmos_engine::build_info);
+
+  // LayerNorm without affine (eps) of each token of x [B, L, D], then per-frame modulation
+  // out = xhat * (1 + scale[b, l / tokens_per_frame]) + shift[...], shift/scale [B, T, D],
+  // L = T * tokens_per_frame. fp32 math inside (fp64 for fp64), out in x's dtype; mean and rstd
+  // [B, L] in the accumulation dtype are saved for the backward.
+  m.def(
+      "adaln_layernorm_fwd(Tensor x, Tensor shift, Tensor scale, SymInt tokens_per_frame, "
+      "float eps) -> (Tensor out, Tensor mean, Tensor rstd)");
+  // Gradients of adaln_layernorm_fwd w.r.t. x, shift and scale, from the saved mean/rstd.
+  m.def(
+      "adaln_layernorm_bwd(Tensor grad_out, Tensor x, Tensor scale, Tensor mean, Tensor rstd, "
+      "SymInt tokens_per_frame) -> (Tensor grad_x, Tensor grad_shift, Tensor grad_scale)");
+}

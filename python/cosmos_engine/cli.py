@@ -1,0 +1,104 @@
+"""The `cosmos-engine` command. Argument parsing only: each subcommand calls one library function.
+
+A `UserError` (bad recipe, dataset, checkpoint...) is printed as one line on stderr and exits with
+status 2, without a traceback; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from cosmos_engine.errors import UserError
+
+log = logging.getLogger("cosmos_engine")
+
+# name -> (help, add_arguments, run); subcommands register here, in the order `--help` lists them.
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def register(run: Callable[[argparse.Namespace], int]):
+        _COMMANDS[name] = (help, add_arguments, run)
+        return run
+
+    return register
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="TOML recipe file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                        help="override one recipe value (repeatable), e.g. --set train.max_steps=20")
+
+
+# ----------------------------------------------------------------------------------------------- info
+@command("info", "print the build, the devices and the attention backend", lambda p: p.add_argument(
+    "--json", action="store_true", help="print machine-readable JSON"))
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    from cosmos_engine import build_info
+    from cosmos_engine.ops.attention import backend_name as attention_backend
+
+    info = build_info()
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    attn = {"cpu": attention_backend(torch.device("cpu"), torch.float32)}
+    if devices:
+        attn["cuda"] = attention_backend(torch.device("cuda"), torch.bfloat16)
+    report = {"build": info, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+              "cuda_devices": devices, "cpu_threads": torch.get_num_threads(), "attention_backend": attn}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"cosmos-engine {__import__('cosmos_engine').__version__}")
+    if info["loaded"]:
+        print(f"  extension     {info['path']}")
+        print(f"  built against torch {info['torch_version']}")
+        print(f"  CUDA kernels  {'yes' if info['cuda'] else 'no'}: {info['cuda_reason']}"
+              + (f" (archs {info['cuda_archs']})" if info["cuda"] else ""))
+        for op, kernels in info["ops"].items():
+            print(f"  op {op:<24} cpu={'yes' if kernels['cpu'] else 'no'} cuda={'yes' if kernels['cuda'] else 'no'}")
+    else:
+        print(f"  extension     not loaded: {info['why']} (ops use the PyTorch reference)")
+    print(f"  torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'}), {torch.get_num_threads()} CPU threads")
+    print(f"  GPUs          {', '.join(devices) if devices else 'none'}")
+    print("  attention     " + ", ".join(f"{dev}: {name}" for dev, name in attn.items()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- check
+@command("check", "validate a recipe and print it fully resolved", _add_recipe_arguments)
+def _check(args: argparse.Namespace) -> int:
+    from cosmos_engine.config import load_recipe
+    from cosmos_engine.config.load import to_toml
+
+    print(to_toml(load_recipe(args.recipe, args.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cosmos-engine", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except UserError as exc:
+        print(f"cosmos-engine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

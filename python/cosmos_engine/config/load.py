@@ -1,0 +1,197 @@
+"""Strict recipe loading: TOML file + `--set table.key=value` overrides -> a frozen `Recipe`.
+
+Every mistake raises `RecipeError` naming the file (or the --set override), `table.key`, the value
+received and what was expected, with the closest valid name when a name is unknown. Nothing is
+silently ignored or coerced: 1 is not accepted for a bool, "3" not for an int.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import sys
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any
+
+from cosmos_engine.config import schema
+from cosmos_engine.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _describe(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(expected))
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(expected))} numbers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[expected]
+
+
+def _check_value(where: str, key: str, value: Any, expected: Any, meta: dict) -> Any:
+    """Return value converted to the field's Python type, or raise RecipeError."""
+
+    def fail(what: str) -> typing.NoReturn:
+        raise RecipeError(f"{where}: {key} = {value!r} is invalid: {what}")
+
+    origin = typing.get_origin(expected)
+    if origin is typing.Literal:
+        choices = typing.get_args(expected)
+        if not isinstance(value, str) or value not in choices:
+            fail(f"expected {_describe(expected)}" + (_suggest(value, choices) if isinstance(value, str) else ""))
+        return value
+    if origin is tuple:
+        items = typing.get_args(expected)
+        if not isinstance(value, list) or len(value) != len(items):
+            fail(f"expected {_describe(expected)}")
+        return tuple(_check_value(where, f"{key}[{i}]", v, t, meta) for i, (v, t) in enumerate(zip(value, items)))
+    if expected is bool:
+        if not isinstance(value, bool):
+            fail("expected true or false")
+        return value
+    if expected is str:
+        if not isinstance(value, str):
+            fail("expected a string")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("expected an integer")
+    elif expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("expected a number")
+        if not math.isfinite(value):
+            fail("expected a finite number")
+        value = float(value)
+    else:  # a schema field of a type this loader does not know is a bug, not a user error
+        raise TypeError(f"recipe field {key} has unsupported type {expected!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        fail(f"expected a value >= {lo}")
+    if hi is not None and value > hi:
+        fail(f"expected a value <= {hi}")
+    return value
+
+
+def _build_table(where: str, table: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            other = [t for t, c in schema.tables().items() if key in {f.name for f in dataclasses.fields(c)}]
+            hint = f"; '{key}' belongs in [{other[0]}]" if other else _suggest(key, fields)
+            raise RecipeError(f"{where}: unknown key {table}.{key}{hint} (valid keys of [{table}]: {', '.join(fields)})")
+        kwargs[key] = _check_value(where, f"{table}.{key}", value, hints[key], dict(fields[key].metadata))
+    return cls(**kwargs)
+
+
+def _validate(where: str, recipe: schema.Recipe) -> None:
+    """Rules that involve the value more than its type."""
+    data = recipe.data
+    if data.num_frames % 4 != 1:
+        raise RecipeError(f"{where}: data.num_frames = {data.num_frames} is invalid: the causal VAE needs 1 + 4k frames (e.g. 93)")
+    for key in ("height", "width"):
+        if getattr(data, key) % 16:
+            raise RecipeError(f"{where}: data.{key} = {getattr(data, key)} is invalid: expected a multiple of 16 "
+                              "(8x VAE downsampling, then 2x2 patches)")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'table.key=value' -> (table, key, value). The value is read as TOML ('2', 'true', '"s"', '[1, 2]'),
+    and as a plain string when it is not valid TOML (so --set job.name=run3 works)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise RecipeError(f"--set {text!r}: expected table.key=value, e.g. --set train.max_steps=20")
+    path, raw = text.split("=", 1)
+    table, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return table, key, value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a TOML recipe") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> schema.Recipe:
+    """Read a recipe file (None: all defaults), apply `table.key=value` overrides, validate."""
+    where = str(path) if path is not None else "<defaults>"
+    raw = _read_toml(Path(path)) if path is not None else {}
+    tables = schema.tables()
+    for table, content in raw.items():
+        if table not in tables:
+            raise RecipeError(f"{where}: unknown table [{table}]{_suggest(table, tables)} (valid tables: {', '.join(tables)})")
+        if not isinstance(content, dict):
+            raise RecipeError(f"{where}: '{table}' must be a table ([{table}]), got {content!r}")
+    merged = {name: dict(raw.get(name, {})) for name in tables}
+    for text in overrides:
+        table, key, value = parse_override(text)
+        origin = f"--set {text}"
+        if table not in tables:
+            raise RecipeError(f"{origin}: unknown table [{table}]{_suggest(table, tables)} (valid tables: {', '.join(tables)})")
+        _build_table(origin, table, tables[table], {key: value})  # checks the override on its own
+        merged[table][key] = value
+    built = {name: _build_table(where, name, cls, merged[name]) for name, cls in tables.items()}
+    recipe = schema.Recipe(**built)
+    _validate(where, recipe)
+    return recipe
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(recipe: schema.Recipe) -> str:
+    lines = []
+    for table in schema.tables():
+        lines.append(f"[{table}]")
+        for key, value in dataclasses.asdict(getattr(recipe, table)).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_resolved(recipe: schema.Recipe, run_dir: str | os.PathLike) -> Path:
+    """Write the fully resolved recipe to run_dir/recipe.toml (atomically) and return its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "recipe.toml"
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".recipe.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(to_toml(recipe))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,100 @@
+"""The recipe schema: one frozen dataclass per TOML table, with production defaults.
+
+Each field's docstring (the string literal under it) says what it means; `cosmos-engine check --help-keys`
+and the loader's error messages use them. Range rules are in `Field(...)` metadata so the loader can
+enforce them with messages that name the key. Each job receives only the tables it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def spec(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
+    """A dataclass field with a default, an optional inclusive numeric range and its documentation."""
+    return field(default=default, metadata={"min": min, "max": max, "doc": doc})
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """[job]: where the run lives. The run folder is $IMAGINAIRE_OUTPUT_ROOT/project/group/name, as the
+    official trainer lays it out (default root /tmp/imaginaire4-output)."""
+
+    project: str = spec("cosmos_predict_v2p5", doc="First level of the run folder.")
+    group: str = spec("video2world", doc="Second level of the run folder.")
+    name: str = spec("2b_cosmos_nemo_assets", doc="Run name: third level of the run folder.")
+    output_root: str = spec("", doc="Root of all run folders; empty means $IMAGINAIRE_OUTPUT_ROOT or /tmp/imaginaire4-output.")
+    seed: int = spec(0, min=0, max=2**63 - 1, doc="Seed of every random stream (offset by the rank).")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """[model]: the networks and where their weights come from."""
+
+    flavor: Literal["2b", "tiny"] = spec("2b", doc='DiT size: "2b" (the official 2,059,174,912 parameters) or "tiny" (CPU tests).')
+    checkpoint: str = spec("", doc="Initial DiT weights: an official .pt, a converted file or a DCP folder; empty = random init.")
+    dtype: Literal["bfloat16", "float32"] = spec("bfloat16", doc='Parameter dtype of the DiT: "bfloat16" (official) or "float32" (CPU).')
+    activation_checkpointing: Literal["none", "full", "selective"] = spec(
+        "selective", doc='"none", "full" (recompute each block) or "selective" (keep attention outputs, recompute the rest).')
+    vae_path: str = spec("", doc="Wan2.1 VAE weights (.pth); empty = random init (tiny recipes only).")
+    vae_tiled: bool = spec(False, doc="Encode/decode the VAE in overlapping spatial tiles to bound memory.")
+    text_encoder_path: str = spec("", doc="Local folder of the Reason1 (Qwen2.5-VL) text encoder; empty = tiny random encoder.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """[data]: the training videos and how they are read."""
+
+    dataset_dir: str = spec("datasets/cosmos_nemo_assets", doc="Folder with videos/*.mp4 and metas/*.txt (see `cosmos-engine prepare`).")
+    num_frames: int = spec(93, min=1, max=100_000, doc="Frames per training window; 1 + 4k for the causal VAE.")
+    height: int = spec(704, min=16, max=8192, doc="Training height in pixels (multiple of 16).")
+    width: int = spec(1280, min=16, max=8192, doc="Training width in pixels (multiple of 16).")
+    decoder: Literal["auto", "pyav", "dali"] = spec("auto", doc='"auto" (DALI on a GPU when installed, else PyAV), "pyav" or "dali".')
+    cache: Literal["windows", "off"] = spec("windows", doc='"windows": encode fixed windows once and train on cached latents; "off": encode online.')
+    num_workers: int = spec(4, min=0, max=256, doc="DataLoader worker processes.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """[train]: the optimisation loop (official NeMo values by default)."""
+
+    max_steps: int = spec(1000, min=1, max=10**9, doc="Optimizer steps to run.")
+    batch_size: int = spec(1, min=1, max=4096, doc="Samples per rank per step.")
+    lr: float = spec(2**-14.5, min=0.0, max=1.0, doc="Peak learning rate of AdamW.")
+    weight_decay: float = spec(1e-3, min=0.0, max=1.0, doc="AdamW weight decay.")
+    betas: tuple[float, float] = spec((0.9, 0.999), min=0.0, max=1.0, doc="AdamW betas.")
+    eps: float = spec(1e-8, min=0.0, max=1.0, doc="AdamW epsilon.")
+    warmup_steps: int = spec(2000, min=0, max=10**9, doc="Linear warm-up length of the LR schedule.")
+    grad_clip: float = spec(0.1, min=0.0, max=1e6, doc="Max global gradient norm; 0 disables clipping.")
+    precision: Literal["bf16", "fp32-master", "fp32"] = spec(
+        "bf16", doc='"bf16": params, grads and Adam moments in bf16 (official); "fp32-master": fp32 master weights; "fp32": all fp32 (CPU).')
+    ema: bool = spec(True, doc="Keep an fp32 EMA copy of the DiT (official power EMA).")
+    text_dropout: float = spec(0.2, min=0.0, max=1.0, doc="Probability of zeroing a sample's text embedding.")
+    log_every: int = spec(1, min=1, max=10**9, doc="Steps between metric lines.")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """[checkpoint]: DCP checkpoints in the official layout, resumable after a crash."""
+
+    save_every: int = spec(200, min=1, max=10**9, doc="Steps between checkpoints (official NeMo: 200).")
+    keep_last: int = spec(3, min=1, max=10**6, doc="Number of most recent checkpoints kept.")
+    resume: bool = spec(True, doc="Resume from the run folder's latest complete checkpoint when there is one.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe file. Tables that are absent take their defaults."""
+
+    job: JobConfig = field(default_factory=JobConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def tables() -> dict[str, type]:
+    """TOML table name -> dataclass."""
+    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Recipe)}

@@ -1,0 +1,11 @@
+"""Public fused ops. Models reach a kernel only through these functions.
+
+Each op picks the CUDA kernel, the CPU kernel or the PyTorch reference (`reference.py`) by the device
+of its inputs; `force_backend("reference" | "cpu" | "cuda")` overrides the choice inside a `with` block.
+"""
+
+from cosmos_engine.ops._backend import force_backend
+from cosmos_engine.ops.adaln_layernorm import adaln_layernorm
+from cosmos_engine.ops.attention import attention
+
+__all__ = ["adaln_layernorm", "attention", "force_backend"]

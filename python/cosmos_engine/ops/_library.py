@@ -1,0 +1,83 @@
+"""Loads the compiled library `_C` and says what it contains.
+
+`_C` is a plain shared library (it links torch, not libpython): `torch.ops.load_library` runs its static
+registrations, after which the ops are `torch.ops.cosmos_engine.<name>`. A build made against another
+torch is refused, because a C++ ABI mismatch would crash or silently misbehave. When the library is
+absent (a source checkout that was never built), the ops fall back to the PyTorch reference and
+`build_info()["loaded"]` is False; `cosmos-engine info` says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from cosmos_engine.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+# Set to 1 to skip loading _C (pure-reference mode, e.g. to bisect a kernel problem).
+_SKIP_ENV = "COSMOS_ENGINE_SKIP_EXTENSION"
+
+
+def _library_path() -> Path | None:
+    spec = importlib.util.find_spec("cosmos_engine._C")
+    if spec is not None and spec.origin:
+        return Path(spec.origin)
+    candidate = Path(__file__).resolve().parent.parent / "_C.so"
+    return candidate if candidate.exists() else None
+
+
+@functools.cache
+def _load() -> dict:
+    """Load _C once; return its build description (with 'loaded' and, if not loaded, 'why')."""
+    if os.environ.get(_SKIP_ENV, "0") not in ("", "0"):
+        return {"loaded": False, "why": f"{_SKIP_ENV} is set"}
+    path = _library_path()
+    if path is None:
+        return {"loaded": False, "why": "the compiled library _C was not found (pip install --no-build-isolation -e .)"}
+    torch.ops.load_library(str(path))
+    info = json.loads(torch.ops.cosmos_engine.build_info())
+    if info["torch_version"] != torch.__version__:
+        raise BuildError(
+            f"{path} was built against torch {info['torch_version']} but torch {torch.__version__} is "
+            "running; rebuild with: pip install --no-build-isolation -e ."
+        )
+    info.update(loaded=True, path=str(path))
+    return info
+
+
+def _kernel_table() -> dict[str, dict[str, bool]]:
+    """For every op of the namespace, whether a CPU and a CUDA kernel are registered."""
+    table = {}
+    for qualname in torch._C._dispatch_get_all_op_names():
+        if not qualname.startswith("cosmos_engine::") or qualname.endswith("build_info"):
+            continue
+        table[qualname.split("::", 1)[1]] = {
+            key.lower(): torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+            for key in ("CPU", "CUDA")
+        }
+    return dict(sorted(table.items()))
+
+
+def build_info() -> dict:
+    """What was built: torch version built against, CUDA on/off and why, archs, ops with CPU/CUDA kernels."""
+    info = dict(_load())
+    info["ops"] = _kernel_table() if info["loaded"] else {}
+    return info
+
+
+def is_loaded() -> bool:
+    return _load()["loaded"]
+
+
+def has_cuda_kernels() -> bool:
+    """True when _C holds CUDA kernels (whether a GPU is present is a separate question)."""
+    info = _load()
+    return bool(info["loaded"] and info["cuda"])
