@@ -13,6 +13,14 @@ constexpr bool kWithCuda = true;
 constexpr bool kWithCuda = false;
 #endif
 
+// The instruction set the CPU kernels use on this machine (the same test as the kernels' entries).
+const char* cpu_isa() {
+#if defined(COSMOS_ENGINE_CPU_AVX2)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+#endif
+  return "baseline";
+}
+
 // What this library was built with, as JSON (read by cosmos_engine.build_info()).
 std::string build_info() {
   std::string json = "{";
@@ -21,7 +29,8 @@ std::string build_info() {
   json += std::string("\"cuda\": ") + (kWithCuda ? "true" : "false") + ", ";
   json += "\"cuda_reason\": \"" COSMOS_BUILD_CUDA_REASON "\", ";
   json += "\"cuda_archs\": \"" COSMOS_BUILD_CUDA_ARCHS "\", ";
-  json += "\"cutlass_include\": \"" COSMOS_BUILD_CUTLASS_DIR "\"";
+  json += "\"cutlass_include\": \"" COSMOS_BUILD_CUTLASS_DIR "\", ";
+  json += std::string("\"cpu_isa\": \"") + cpu_isa() + "\"";
   json += "}";
   return json;
 }

@@ -1,184 +1,35 @@
-// CPU kernels of adaln_layernorm: one row (token) at a time, rows split over threads with
-// at::parallel_for. Each row is converted once into a thread-local fp32 buffer that stays in L1, so
-// the two statistics passes and the output pass read memory once. Reductions keep kLanes independent
-// partial sums so the compiler vectorizes them without reassociating (no -ffast-math).
+// CPU entry points of adaln_layernorm: argument checks, then the kernels of the best instruction set
+// this CPU has (AVX2+FMA when present on x86-64, else the baseline build).
+#include "adaln_norm/adaln_norm_cpu_isa.h"
 #include "adaln_norm/adaln_norm_entry.h"
-#include "adaln_norm/adaln_norm_math.h"
-#include "common/dispatch.h"
 
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include <vector>
 
 namespace cosmos_engine::adaln {
 namespace {
 
-constexpr int64_t kLanes = 16;
-// Rows per backward work item. Each item owns a [2, D] partial sum of grad_shift/grad_scale; the
-// partials of a frame are added in item order, so the result does not depend on the thread count.
-constexpr int64_t kBwdRowsPerChunk = 64;
-
-template <typename acc>
-acc sum_lanes(const acc (&lanes)[kLanes]) {
-  acc total = 0;
-  for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
-  return total;
-}
-
-// buf[i] = x[i] as acc; returns sum(x).
-template <typename T, typename acc>
-acc load_row_and_sum(const T* x, acc* buf, int64_t n) {
-  acc lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const acc v = static_cast<acc>(x[i + j]);
-      buf[i + j] = v;
-      lanes[j] += v;
-    }
-  }
-  for (; i < n; ++i) {
-    buf[i] = static_cast<acc>(x[i]);
-    lanes[0] += buf[i];
-  }
-  return sum_lanes(lanes);
-}
-
-template <typename acc>
-acc sum_squared_deviation(const acc* buf, acc mean, int64_t n) {
-  acc lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const acc d = buf[i + j] - mean;
-      lanes[j] += d * d;
-    }
-  }
-  for (; i < n; ++i) lanes[0] += (buf[i] - mean) * (buf[i] - mean);
-  return sum_lanes(lanes);
-}
-
-template <typename T, typename M, typename acc>
-void fwd_rows(const FwdParams& p, int64_t row_begin, int64_t row_end, acc* buf) {
-  const Geometry& g = p.g;
-  const int64_t D = g.dim;
-  const acc eps = static_cast<acc>(p.eps);
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const int64_t b = r / g.tokens, l = r % g.tokens, f = l / g.tokens_per_frame;
-    const T* x = static_cast<const T*>(p.x) + b * g.x_batch_stride + l * g.x_token_stride;
-    const int64_t mod_offset = b * g.mod_batch_stride + f * g.mod_frame_stride;
-    const M* shift = static_cast<const M*>(p.shift) + mod_offset;
-    const M* scale = static_cast<const M*>(p.scale) + mod_offset;
-    T* out = static_cast<T*>(p.out) + r * D;
-
-    const acc mean = load_row_and_sum(x, buf, D) / static_cast<acc>(D);
-    const acc var = sum_squared_deviation(buf, mean, D) / static_cast<acc>(D);
-    const acc rstd = rstd_from_var(var, eps);
-    for (int64_t i = 0; i < D; ++i) {
-      const acc xhat = normalize(buf[i], mean, rstd);
-      out[i] = static_cast<T>(modulate(xhat, static_cast<acc>(shift[i]), static_cast<acc>(scale[i])));
-    }
-    static_cast<acc*>(p.mean)[r] = mean;
-    static_cast<acc*>(p.rstd)[r] = rstd;
+CpuDtype cpu_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return CpuDtype::kFloat;
+    case at::kDouble: return CpuDtype::kDouble;
+    case at::kBFloat16: return CpuDtype::kBFloat16;
+    case at::kHalf: return CpuDtype::kHalf;
+    default: TORCH_CHECK(false, "adaln_layernorm: argument 'x' must be float32, bfloat16, float16 or float64, got ", t);
   }
 }
 
-template <typename T, typename M>
-void fwd_cpu(const FwdParams& p) {
-  using acc = at::opmath_type<T>;
-  const int64_t rows = p.g.batch * p.g.tokens;
-  const int64_t grain = std::max<int64_t>(1, 16384 / p.g.dim);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc> buf(p.g.dim);
-    fwd_rows<T, M, acc>(p, begin, end, buf.data());
-  });
+// prepare_* already checked that the modulation has x's dtype or float32.
+bool fp32_modulation(const at::Tensor& x, const at::Tensor& scale) {
+  return scale.scalar_type() != x.scalar_type();
 }
 
-// One work item: rows [row_begin, row_end) of one frame. Writes grad_x for those rows and the item's
-// partial sums of grad_shift (partial[0:D]) and grad_scale (partial[D:2D]).
-template <typename T, typename M, typename acc>
-void bwd_chunk(const BwdParams& p, int64_t b, int64_t f, int64_t row_begin, int64_t row_end,
-               acc* partial, acc* xhat_buf, acc* dxhat_buf) {
-  const Geometry& g = p.g;
-  const int64_t D = g.dim;
-  const M* scale = static_cast<const M*>(p.scale) + b * g.mod_batch_stride + f * g.mod_frame_stride;
-  acc* part_shift = partial;
-  acc* part_scale = partial + D;
-  for (int64_t i = 0; i < 2 * D; ++i) partial[i] = 0;
-  for (int64_t l = row_begin; l < row_end; ++l) {
-    const int64_t r = b * g.tokens + l;
-    const T* x = static_cast<const T*>(p.x) + b * g.x_batch_stride + l * g.x_token_stride;
-    const T* grad_out =
-        static_cast<const T*>(p.grad_out) + b * p.grad_out_batch_stride + l * p.grad_out_token_stride;
-    T* grad_x = static_cast<T*>(p.grad_x) + r * D;
-    const acc mean = static_cast<const acc*>(p.mean)[r];
-    const acc rstd = static_cast<const acc*>(p.rstd)[r];
-
-    acc lanes_dxhat[kLanes] = {}, lanes_dxhat_xhat[kLanes] = {};
-    int64_t i = 0;
-    auto element = [&](int64_t k, int64_t lane) {
-      const acc go = static_cast<acc>(grad_out[k]);
-      const acc xhat = normalize(static_cast<acc>(x[k]), mean, rstd);
-      const acc dxhat = grad_xhat(go, static_cast<acc>(scale[k]));
-      xhat_buf[k] = xhat;
-      dxhat_buf[k] = dxhat;
-      lanes_dxhat[lane] += dxhat;
-      lanes_dxhat_xhat[lane] += dxhat * xhat;
-      part_shift[k] += go;
-      part_scale[k] += go * xhat;
-    };
-    for (; i + kLanes <= D; i += kLanes) {
-      for (int64_t j = 0; j < kLanes; ++j) element(i + j, j);
-    }
-    for (; i < D; ++i) element(i, 0);
-    const acc mean_dxhat = sum_lanes(lanes_dxhat) / static_cast<acc>(D);
-    const acc mean_dxhat_xhat = sum_lanes(lanes_dxhat_xhat) / static_cast<acc>(D);
-    for (int64_t k = 0; k < D; ++k) {
-      grad_x[k] = static_cast<T>(grad_x_from(dxhat_buf[k], xhat_buf[k], rstd, mean_dxhat, mean_dxhat_xhat));
-    }
-  }
-}
-
-template <typename T, typename M>
-void bwd_cpu(const BwdParams& p) {
-  using acc = at::opmath_type<T>;
-  const Geometry& g = p.g;
-  const int64_t D = g.dim;
-  const int64_t chunks_per_frame = (g.tokens_per_frame + kBwdRowsPerChunk - 1) / kBwdRowsPerChunk;
-  const int64_t frames = g.batch * g.frames;
-  std::vector<acc> partials(frames * chunks_per_frame * 2 * D);
-
-  at::parallel_for(0, frames * chunks_per_frame, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc> xhat_buf(D), dxhat_buf(D);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t frame = item / chunks_per_frame, chunk = item % chunks_per_frame;
-      const int64_t b = frame / g.frames, f = frame % g.frames;
-      const int64_t row_begin = f * g.tokens_per_frame + chunk * kBwdRowsPerChunk;
-      const int64_t row_end = std::min(row_begin + kBwdRowsPerChunk, (f + 1) * g.tokens_per_frame);
-      bwd_chunk<T, M, acc>(p, b, f, row_begin, row_end, partials.data() + item * 2 * D,
-                           xhat_buf.data(), dxhat_buf.data());
-    }
-  });
-
-  // Add each frame's partials in chunk order.
-  M* grad_shift = static_cast<M*>(p.grad_shift);
-  M* grad_scale = static_cast<M*>(p.grad_scale);
-  at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc> sums(2 * D);
-    for (int64_t frame = begin; frame < end; ++frame) {
-      std::fill(sums.begin(), sums.end(), acc(0));
-      for (int64_t chunk = 0; chunk < chunks_per_frame; ++chunk) {
-        const acc* part = partials.data() + (frame * chunks_per_frame + chunk) * 2 * D;
-        for (int64_t k = 0; k < 2 * D; ++k) sums[k] += part[k];
-      }
-      for (int64_t k = 0; k < D; ++k) {
-        grad_shift[frame * D + k] = static_cast<M>(sums[k]);
-        grad_scale[frame * D + k] = static_cast<M>(sums[D + k]);
-      }
-    }
-  });
+bool use_avx2() {
+#if defined(COSMOS_ENGINE_CPU_AVX2)
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+#else
+  return false;
+#endif
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_layernorm_fwd_cpu(
@@ -186,10 +37,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_layernorm_fwd_cpu(
     double eps) {
   FwdCall c = prepare_fwd(x, shift, scale, tokens_per_frame, eps);
   TORCH_CHECK(c.x.is_cpu(), "adaln_layernorm: the CPU kernel got 'x' on ", c.x.device());
-  COSMOS_DISPATCH_FLOATING(c.x.scalar_type(), "adaln_layernorm", [&] {
-    COSMOS_DISPATCH_MOD(c.scale.scalar_type(), scalar_t, "adaln_layernorm",
-                        [&] { fwd_cpu<scalar_t, mod_t>(c.params); });
-  });
+  const CpuDtype dtype = cpu_dtype(c.x.scalar_type());
+  const bool mod32 = fp32_modulation(c.x, c.scale);
+#if defined(COSMOS_ENGINE_CPU_AVX2)
+  if (use_avx2()) {
+    avx2::fwd(c.params, dtype, mod32);
+    return {c.out, c.mean, c.rstd};
+  }
+#endif
+  baseline::fwd(c.params, dtype, mod32);
   return {c.out, c.mean, c.rstd};
 }
 
@@ -198,10 +54,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_layernorm_bwd_cpu(
     const at::Tensor& rstd, int64_t tokens_per_frame) {
   BwdCall c = prepare_bwd(grad_out, x, scale, mean, rstd, tokens_per_frame);
   TORCH_CHECK(c.x.is_cpu(), "adaln_layernorm: the CPU kernel got 'x' on ", c.x.device());
-  COSMOS_DISPATCH_FLOATING(c.x.scalar_type(), "adaln_layernorm", [&] {
-    COSMOS_DISPATCH_MOD(c.scale.scalar_type(), scalar_t, "adaln_layernorm",
-                        [&] { bwd_cpu<scalar_t, mod_t>(c.params); });
-  });
+  const CpuDtype dtype = cpu_dtype(c.x.scalar_type());
+  const bool mod32 = fp32_modulation(c.x, c.scale);
+#if defined(COSMOS_ENGINE_CPU_AVX2)
+  if (use_avx2()) {
+    avx2::bwd(c.params, dtype, mod32);
+    return {c.grad_x, c.grad_shift, c.grad_scale};
+  }
+#endif
+  baseline::bwd(c.params, dtype, mod32);
   return {c.grad_x, c.grad_shift, c.grad_scale};
 }
 

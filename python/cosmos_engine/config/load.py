@@ -97,15 +97,16 @@ def _build_table(where: str, table: str, cls: type, values: dict[str, Any]) -> A
     return cls(**kwargs)
 
 
-def _validate(where: str, recipe: schema.Recipe) -> None:
-    """Rules that involve the value more than its type."""
+def _validate(recipe: schema.Recipe, where: typing.Callable[[str], str]) -> None:
+    """Rules that involve the value more than its type. `where("table.key")` names the value's source."""
     data = recipe.data
     if data.num_frames % 4 != 1:
-        raise RecipeError(f"{where}: data.num_frames = {data.num_frames} is invalid: the causal VAE needs 1 + 4k frames (e.g. 93)")
+        raise RecipeError(f"{where('data.num_frames')}: data.num_frames = {data.num_frames} is invalid: "
+                          "the causal VAE needs 1 + 4k frames (e.g. 93)")
     for key in ("height", "width"):
         if getattr(data, key) % 16:
-            raise RecipeError(f"{where}: data.{key} = {getattr(data, key)} is invalid: expected a multiple of 16 "
-                              "(8x VAE downsampling, then 2x2 patches)")
+            raise RecipeError(f"{where('data.' + key)}: data.{key} = {getattr(data, key)} is invalid: "
+                              "expected a multiple of 16 (8x VAE downsampling, then 2x2 patches)")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -148,6 +149,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
         if not isinstance(content, dict):
             raise RecipeError(f"{where}: '{table}' must be a table ([{table}]), got {content!r}")
     merged = {name: dict(raw.get(name, {})) for name in tables}
+    sources: dict[str, str] = {}  # "table.key" -> the --set that gave it its value
     for text in overrides:
         table, key, value = parse_override(text)
         origin = f"--set {text}"
@@ -155,9 +157,10 @@ def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
             raise RecipeError(f"{origin}: unknown table [{table}]{_suggest(table, tables)} (valid tables: {', '.join(tables)})")
         _build_table(origin, table, tables[table], {key: value})  # checks the override on its own
         merged[table][key] = value
+        sources[f"{table}.{key}"] = origin
     built = {name: _build_table(where, name, cls, merged[name]) for name, cls in tables.items()}
     recipe = schema.Recipe(**built)
-    _validate(where, recipe)
+    _validate(recipe, lambda dotted: sources.get(dotted, where))
     return recipe
 
 

@@ -7,5 +7,6 @@ of its inputs; `force_backend("reference" | "cpu" | "cuda")` overrides the choic
 from cosmos_engine.ops._backend import force_backend
 from cosmos_engine.ops.adaln_layernorm import adaln_layernorm
 from cosmos_engine.ops.attention import attention
+from cosmos_engine.ops.causal_conv3d import causal_conv3d
 
-__all__ = ["adaln_layernorm", "attention", "force_backend"]
+__all__ = ["adaln_layernorm", "attention", "causal_conv3d", "force_backend"]

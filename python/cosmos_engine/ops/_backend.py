@@ -8,7 +8,6 @@ for every op inside a `with` block, so a test can run the same model on both pat
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 from collections.abc import Iterator
 from typing import Literal
@@ -22,7 +21,8 @@ log = logging.getLogger(__name__)
 Backend = Literal["reference", "cpu", "cuda"]
 BACKENDS: tuple[Backend, ...] = ("reference", "cpu", "cuda")
 
-_forced: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("cosmos_engine_backend", default=None)
+# A plain module global (not a ContextVar) so torch.compile can read it while tracing.
+_forced: Backend | None = None
 _warned_reference = False
 
 
@@ -36,20 +36,21 @@ def force_backend(backend: Backend) -> Iterator[None]:
     if backend == "cuda" and not _library.has_cuda_kernels():
         raise RuntimeError("force_backend('cuda'): this build has no CUDA kernels "
                            f"({_library.build_info()['cuda_reason']})")
-    token = _forced.set(backend)
+    global _forced
+    previous, _forced = _forced, backend
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced = previous
 
 
 def forced_backend() -> Backend | None:
-    return _forced.get()
+    return _forced
 
 
 def select(device: torch.device) -> Backend:
     """The backend an op should use for tensors on `device`."""
-    forced = _forced.get()
+    forced = _forced
     if forced is not None:
         if forced != "reference" and forced != device.type:
             raise RuntimeError(f"backend {forced!r} is forced but the inputs are on {device}")

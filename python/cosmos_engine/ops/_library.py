@@ -9,7 +9,6 @@ absent (a source checkout that was never built), the ops fall back to the PyTorc
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import logging
@@ -34,9 +33,8 @@ def _library_path() -> Path | None:
     return candidate if candidate.exists() else None
 
 
-@functools.cache
 def _load() -> dict:
-    """Load _C once; return its build description (with 'loaded' and, if not loaded, 'why')."""
+    """Load _C; return its build description (with 'loaded' and, if not loaded, 'why')."""
     if os.environ.get(_SKIP_ENV, "0") not in ("", "0"):
         return {"loaded": False, "why": f"{_SKIP_ENV} is set"}
     path = _library_path()
@@ -51,6 +49,10 @@ def _load() -> dict:
         )
     info.update(loaded=True, path=str(path))
     return info
+
+
+# Loaded once at import, so that code traced by torch.compile only reads a constant.
+_INFO = _load()
 
 
 def _kernel_table() -> dict[str, dict[str, bool]]:
@@ -68,16 +70,15 @@ def _kernel_table() -> dict[str, dict[str, bool]]:
 
 def build_info() -> dict:
     """What was built: torch version built against, CUDA on/off and why, archs, ops with CPU/CUDA kernels."""
-    info = dict(_load())
+    info = dict(_INFO)
     info["ops"] = _kernel_table() if info["loaded"] else {}
     return info
 
 
 def is_loaded() -> bool:
-    return _load()["loaded"]
+    return _INFO["loaded"]
 
 
 def has_cuda_kernels() -> bool:
     """True when _C holds CUDA kernels (whether a GPU is present is a separate question)."""
-    info = _load()
-    return bool(info["loaded"] and info["cuda"])
+    return bool(_INFO["loaded"] and _INFO["cuda"])

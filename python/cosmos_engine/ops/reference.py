@@ -32,3 +32,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     scores = torch.einsum("bqhd,bkhd->bhqk", q.to(acc), k.to(acc)) * q.shape[-1] ** -0.5
     out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), v.to(acc))
     return out.to(q.dtype)
+
+
+def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cache_x: torch.Tensor | None,
+                  padding: tuple[int, int, int], stride: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
+    """3-D convolution of x [B, C_in, T, H, W] that is causal in time (the Wan2.1 VAE's CausalConv3d).
+
+    `padding = (past, height, width)`: `past` frames of context go in front of x and none behind it;
+    height and width get symmetric zero padding. The context is `cache_x` [B, C_in, n, H, W] (the last
+    n <= past input frames of the previous temporal chunk), completed with zero frames in front.
+    Padding is materialised with F.pad and the conv runs unpadded, as the official module does (that
+    is also faster on the CPU than the conv's own padding)."""
+    past, pad_h, pad_w = padding
+    if cache_x is not None:
+        x_full = torch.cat([cache_x.to(x.dtype), x], dim=2)
+        past -= cache_x.shape[2]
+    else:
+        x_full = x
+    if past or pad_h or pad_w:
+        x_full = F.pad(x_full, (pad_w, pad_w, pad_h, pad_h, past, 0))
+    acc = _acc_dtype(x)
+    out = F.conv3d(x_full.to(acc), weight.to(acc), None if bias is None else bias.to(acc), stride)
+    return out.to(x.dtype)

@@ -1,0 +1,35 @@
+// Instantiates the CPU kernels for one instruction set, named by COSMOS_CPU_ISA (set by CMake).
+#include "adaln_norm/adaln_norm_cpu_kernels.h"
+#include "adaln_norm/adaln_norm_cpu_isa.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+namespace cosmos_engine::adaln::COSMOS_CPU_ISA {
+
+template <typename T>
+void run(const FwdParams& p, bool fp32_modulation) {
+  if (fp32_modulation) fwd_cpu<T, float>(p);
+  else fwd_cpu<T, T>(p);
+}
+
+template <typename T>
+void run(const BwdParams& p, bool fp32_modulation) {
+  if (fp32_modulation) bwd_cpu<T, float>(p);
+  else bwd_cpu<T, T>(p);
+}
+
+template <typename Params>
+void dispatch(const Params& p, CpuDtype x, bool fp32_modulation) {
+  switch (x) {
+    case CpuDtype::kFloat: return run<float>(p, fp32_modulation);
+    case CpuDtype::kDouble: return run<double>(p, fp32_modulation);
+    case CpuDtype::kBFloat16: return run<c10::BFloat16>(p, fp32_modulation);
+    case CpuDtype::kHalf: return run<c10::Half>(p, fp32_modulation);
+  }
+}
+
+void fwd(const FwdParams& p, CpuDtype x, bool fp32_modulation) { dispatch(p, x, fp32_modulation); }
+void bwd(const BwdParams& p, CpuDtype x, bool fp32_modulation) { dispatch(p, x, fp32_modulation); }
+
+}  // namespace cosmos_engine::adaln::COSMOS_CPU_ISA

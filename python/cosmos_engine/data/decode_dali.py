@@ -1,0 +1,93 @@
+"""GPU video decoding with NVIDIA DALI (NVDEC), the same contract as `PyAVDecoder`, frames on the GPU.
+
+DALI's CPU video decoder refuses H.264 (BUILD_NOTES.md, Video), so this path is GPU-only: the file's bytes
+go to `fn.decoders.video` on the "mixed" backend (FFmpeg demuxes on the CPU, NVDEC decodes on the GPU),
+which seeks to the key frame before `start_frame` and returns `sequence_length` consecutive frames. The
+frames stay on the GPU, are resized there, and never cross the PCIe bus or a DataLoader worker pipe: the
+loader runs this decoder in the main process (CUDA cannot be used in forked workers).
+
+`nvidia-dali` is optional and imported only when this decoder is built. Status: written against the DALI
+documentation (`fn.decoders.video` with `start_frame`/`sequence_length`/`pad_mode`), not yet run: the
+development machine has no GPU, and its test is marked `cuda`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cosmos_engine.data.video_io import to_training_frames
+from cosmos_engine.errors import DatasetError, UserError
+
+log = logging.getLogger(__name__)
+
+
+def dali_available() -> bool:
+    """True when a GPU is visible and `nvidia.dali` imports."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DALIDecoder:
+    """Decodes frames with NVDEC into CUDA tensors, one video per call (batch size 1 pipeline)."""
+
+    name = "dali"
+
+    def __init__(self, device: torch.device | int | None = None, num_threads: int = 2) -> None:
+        try:
+            from nvidia.dali import fn, pipeline_def, types
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+        except ImportError as exc:
+            raise UserError(f'decoder "dali" needs the nvidia-dali package (pip install nvidia-dali-cuda130): {exc}') from None
+        if not torch.cuda.is_available():
+            raise UserError('decoder "dali" needs a CUDA GPU; use decoder = "pyav" on this machine')
+        if not hasattr(fn, "decoders") or not hasattr(fn.decoders, "video"):
+            raise UserError("this nvidia-dali has no fn.decoders.video; install a release that has it (2.x)")
+        self.device = torch.device("cuda", torch.cuda.current_device() if device is None else torch.device(device).index or 0)
+        self._feed_ndarray = feed_ndarray
+
+        @pipeline_def(batch_size=1, num_threads=num_threads, device_id=self.device.index, prefetch_queue_depth=1)
+        def window_pipeline():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, device="cpu")
+            start = fn.external_source(name="start", dtype=types.INT32, ndim=0, device="cpu")
+            length = fn.external_source(name="length", dtype=types.INT32, ndim=0, device="cpu")
+            return fn.decoders.video(encoded, device="mixed", start_frame=start, sequence_length=length, pad_mode="none")
+
+        self._pipe = window_pipeline()
+        self._pipe.build()
+
+    def read_frames(self, path: Path, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 [len(indices), H, W, 3] RGB frames on the GPU, in the order of `indices`."""
+        path = Path(path)
+        if len(indices) == 0:
+            raise ValueError("indices must not be empty")
+        lo, hi = min(indices), max(indices)
+        if lo < 0:
+            raise DatasetError(f"{path}: negative frame index {lo}")
+        self._pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
+        self._pipe.feed_input("start", [np.array(lo, dtype=np.int32)])
+        self._pipe.feed_input("length", [np.array(hi - lo + 1, dtype=np.int32)])
+        try:
+            (batch,) = self._pipe.run()
+        except RuntimeError as exc:
+            raise DatasetError(f"{path}: DALI could not decode frames {lo}..{hi} ({str(exc).splitlines()[0]})") from None
+        dali_tensor = batch.as_tensor()  # [1, F, H, W, 3] on the GPU
+        span = torch.empty(dali_tensor.shape(), dtype=torch.uint8, device=self.device)
+        self._feed_ndarray(dali_tensor, span, cuda_stream=torch.cuda.current_stream(self.device))
+        span = span[0]
+        if span.shape[0] != hi - lo + 1:
+            raise DatasetError(f"{path}: DALI returned {span.shape[0]} frames for {lo}..{hi} (the video is shorter)")
+        return span[torch.as_tensor(indices, device=self.device) - lo]
+
+    def read_window(self, path: Path, start: int, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """float32 [3, num_frames, height, width] in [-1, 1] on the GPU."""
+        return to_training_frames(self.read_frames(path, range(start, start + num_frames)), height, width)

@@ -1,0 +1,177 @@
+"""The strict recipe loader: every mistake is a RecipeError naming the file and table.key."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cosmos_engine.config import Recipe, load_recipe, write_resolved
+from cosmos_engine.config import schema
+from cosmos_engine.config.load import to_toml
+from cosmos_engine.errors import RecipeError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "recipe.toml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(recipe):
+    assert isinstance(load_recipe(recipe), Recipe)
+
+
+def test_defaults_are_the_official_values():
+    r = load_recipe(None)
+    assert r.train.lr == 2**-14.5 and r.train.betas == (0.9, 0.999) and r.train.weight_decay == 1e-3
+    assert r.train.grad_clip == 0.1 and r.data.num_frames == 93 and (r.data.height, r.data.width) == (704, 1280)
+    assert (r.job.project, r.job.group, r.job.name) == ("cosmos_predict_v2p5", "video2world", "2b_cosmos_nemo_assets")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[train]\nmax_step = 3\n", r"unknown key train.max_step; did you mean 'max_steps'\?"),
+        ("[trian]\nmax_steps = 3\n", r"unknown table \[trian\]; did you mean 'train'\?"),
+        ("[model]\nnum_frames = 93\n", r"unknown key model.num_frames; 'num_frames' belongs in \[data\]"),
+        ("[train]\nmax_steps = \"3\"\n", r"train.max_steps = '3' is invalid: expected an integer"),
+        ("[train]\nmax_steps = 2.5\n", r"train.max_steps = 2.5 is invalid: expected an integer"),
+        ("[train]\nema = 1\n", r"train.ema = 1 is invalid: expected true or false"),
+        ("[train]\nlr = true\n", r"train.lr = True is invalid: expected a number"),
+        ("[train]\nlr = nan\n", r"train.lr = nan is invalid: expected a finite number"),
+        ("[train]\nlr = -1.0\n", r"train.lr = -1.0 is invalid: expected a value >= 0.0"),
+        ("[train]\nmax_steps = 0\n", r"train.max_steps = 0 is invalid: expected a value >= 1"),
+        ("[train]\nbetas = [0.9]\n", r"train.betas = \[0.9\] is invalid: expected a list of 2 numbers"),
+        ("[train]\nbetas = [0.9, 2.0]\n", r"train.betas\[1\] = 2.0 is invalid: expected a value <= 1.0"),
+        ("[model]\nflavor = \"tiyn\"\n", r"model.flavor = 'tiyn' is invalid: expected one of '2b', 'tiny'; did you mean 'tiny'\?"),
+        ("[data]\nnum_frames = 92\n", r"data.num_frames = 92 is invalid: the causal VAE needs 1 \+ 4k frames"),
+        ("[data]\nheight = 100\n", r"data.height = 100 is invalid: expected a multiple of 16"),
+        ("train = 3\n", r"'train' must be a table"),
+        ("[train\nmax_steps = 3\n", r"not valid TOML"),
+    ],
+)
+def test_mistakes_name_file_and_key(tmp_path, text, match):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError, match=match) as info:
+        load_recipe(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_binary_files(tmp_path):
+    with pytest.raises(RecipeError, match=r"nope.toml: recipe file not found"):
+        load_recipe(tmp_path / "nope.toml")
+    with pytest.raises(RecipeError, match=r"not a UTF-8 text file"):
+        load_recipe(write(tmp_path, b"\xff\xfe\x00garbage"))
+
+
+def test_overrides(tmp_path):
+    path = write(tmp_path, "[train]\nmax_steps = 3\n")
+    r = load_recipe(path, ["train.max_steps=7", "job.name=run3", "train.betas=[0.8, 0.99]", "model.vae_tiled=true"])
+    assert (r.train.max_steps, r.job.name, r.train.betas, r.model.vae_tiled) == (7, "run3", (0.8, 0.99), True)
+    with pytest.raises(RecipeError, match=r"--set train.max_step=7: unknown key train.max_step; did you mean 'max_steps'"):
+        load_recipe(path, ["train.max_step=7"])
+    with pytest.raises(RecipeError, match=r"--set train.ema=yes: train.ema = 'yes' is invalid: expected true or false"):
+        load_recipe(path, ["train.ema=yes"])
+    with pytest.raises(RecipeError, match=r"expected table.key=value"):
+        load_recipe(path, ["max_steps=7"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    r = load_recipe(REPO / "recipes" / "tiny_posttrain.toml", ["train.max_steps=5"])
+    written = write_resolved(r, tmp_path / "run")
+    assert written.name == "recipe.toml" and not list(written.parent.glob(".recipe.*"))
+    assert load_recipe(written) == r
+
+
+def test_every_field_is_documented():
+    for cls in schema.tables().values():
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no documentation"
+
+
+# --- fuzz: anything at all is either a valid recipe or a RecipeError ----------------------------------
+
+FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in schema.tables().items()}
+toml_scalars = st.one_of(
+    st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.just(10**30),
+    st.lists(st.one_of(st.integers(-5, 5), st.floats(-2, 2)), max_size=3),
+)
+table_names = st.one_of(st.sampled_from(list(FIELDS)), st.text(string.ascii_lowercase + "_", min_size=1, max_size=8))
+
+
+@st.composite
+def recipes(draw):
+    tables = {}
+    for table in draw(st.lists(table_names, max_size=5, unique=True)):
+        keys = FIELDS.get(table, []) + ["bogus", "max_step", "seed"]
+        chosen = draw(st.lists(st.sampled_from(keys), max_size=4, unique=True))
+        tables[table] = {k: draw(toml_scalars) for k in chosen}
+    return tables
+
+
+def render(tables: dict) -> str:
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else repr(v))
+        if isinstance(v, str):
+            return '"' + v.encode("unicode_escape").decode().replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return str(v)
+
+    return "".join(f"[{t}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in kv.items()) for t, kv in tables.items())
+
+
+def assert_valid_or_recipe_error(path):
+    try:
+        r = load_recipe(path)
+    except RecipeError as exc:
+        assert str(path) in str(exc)
+        return
+    assert isinstance(r, Recipe)
+    load_recipe(write_resolved(r, path.parent / "resolved"))  # a valid result writes back loadable
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tables=recipes())
+def test_fuzz_structured(tmp_path, tables):
+    assert_valid_or_recipe_error(write(tmp_path, render(tables)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_fuzz_garbage_bytes(tmp_path, data):
+    assert_valid_or_recipe_error(write(tmp_path, data))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.text(min_size=0, max_size=20), value=st.text(max_size=20))
+def test_fuzz_overrides(tmp_path, key, value):
+    try:
+        r = load_recipe(None, [f"{key}={value}"])
+    except RecipeError:
+        return
+    assert isinstance(r, Recipe)
+
+
+def test_rendered_defaults_are_valid_toml():
+    assert load_recipe(None) == Recipe()
+    assert "[checkpoint]" in to_toml(Recipe())
+
+
+def test_value_rule_errors_name_the_override(tmp_path):
+    path = write(tmp_path, "[train]\nmax_steps = 3\n")
+    with pytest.raises(RecipeError, match=r"^--set data.num_frames=16: data.num_frames = 16 is invalid"):
+        load_recipe(path, ["data.num_frames=16"])
