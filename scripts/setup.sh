@@ -15,6 +15,8 @@ VENV=${VENV:-.venv}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# This machine's pip configuration names local package folders that may not exist; drop that noise.
+exec 2> >(grep --line-buffered -v "is ignored: it is neither a file nor a directory" >&2)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q "$TORCH_SPEC" "scikit-build-core>=0.10" "cmake>=3.26" ninja
 # CUTLASS/CuTe headers only: the wheel's Python dependencies are not needed to compile against them.

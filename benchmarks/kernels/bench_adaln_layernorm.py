@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.common import copy_bandwidth, median, print_table, time_fn, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    copy_bandwidth, median, print_table, reexec_with_malloc_tuning, time_fn, write_result)
 from benchmarks.shapes import DIM, TOKENS_PER_FRAME_720P  # noqa: E402
 from cosmos_engine import ops  # noqa: E402
 from cosmos_engine.ops import reference  # noqa: E402
@@ -53,6 +54,7 @@ def run_case(fn, x, shift, scale, mode: str, device: torch.device) -> list[float
 
 
 def main() -> None:
+    reexec_with_malloc_tuning()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 4], help="latent frames of 3,520 tokens")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -79,6 +79,53 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# -------------------------------------------------------------------------------------------- prepare
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 64x112, got {text!r}") from None
+    return height, width
+
+
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", nargs="?", help="folder of .mp4 clips (captions: --prompt, or <stem>.txt beside each clip)")
+    p.add_argument("--out", required=True, help="dataset folder to write (videos/, metas/, manifest.json)")
+    p.add_argument("--prompt", help='caption for every video, e.g. "A video of sks teal robot."')
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="shortest usable video, in frames: the recipe's data.num_frames (default 93; --frames with --synthetic)")
+    p.add_argument("--skip-bad", action="store_true", help="prepare the good videos and list the unusable ones")
+    p.add_argument("--copy", action="store_true", help="copy videos even where a hard link is possible")
+    g = p.add_argument_group("synthetic clips (no download)")
+    g.add_argument("--synthetic", type=int, metavar="N", help="draw N procedural clips instead of reading SRC")
+    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic clips (default 0)")
+    g.add_argument("--frames", type=int, default=33, help="frames per synthetic clip, 1+4k (default 33)")
+    g.add_argument("--size", type=_size, default=(64, 112), metavar="HxW", help="synthetic frame size (default 64x112)")
+    g.add_argument("--fps", type=float, default=16.0, help="synthetic frame rate (default 16)")
+
+
+@command("prepare", "turn a folder of clips (or --synthetic N) into a training dataset", _prepare_arguments)
+def _prepare(args: argparse.Namespace) -> int:
+    from cosmos_engine.data.prepare import prepare_synthetic, prepare_videos
+    from cosmos_engine.data.synthetic import DEFAULT_PROMPT
+
+    if (args.src is None) == (args.synthetic is None):
+        raise UserError("give either SRC (a folder of videos) or --synthetic N, not both or neither")
+    if args.synthetic is not None:
+        height, width = args.size
+        result = prepare_synthetic(args.out, count=args.synthetic, seed=args.seed, frames=args.frames, height=height,
+                                   width=width, fps=args.fps, prompt=args.prompt or DEFAULT_PROMPT)
+    else:
+        result = prepare_videos(args.src, args.out, prompt=args.prompt, num_frames=args.num_frames or 93,
+                                skip_bad=args.skip_bad, copy=args.copy)
+    print(f"{result.out}: {len(result.videos)} videos ready ({result.written} files written, {result.removed} removed)")
+    if result.bad:
+        print(f"skipped {len(result.bad)} unusable files:")
+        for bad in result.bad:
+            print(f"  {bad.reason}")
+    return 0
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosmos-engine", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -15,9 +15,10 @@ Rules, and why:
   DatasetError (exit 2) before anything is written; with it, the good videos are prepared and the bad ones
   returned in `PrepareResult.bad`.
 * Videos are hard-linked when SRC and DATASET share a filesystem (instant, no extra disk), else copied
-  (`copy=True` forces copies). A hard link shares the inode, so an edit of the source shows in the dataset;
-  that is safe because the manifest records (size, mtime_ns) and readers re-hash a video whose stat
-  changed, so the cache, keyed by content hash, never trusts stale entries.
+  (`copy=True` forces copies). A hard link shares the inode, so an in-place edit of the source shows in
+  the dataset (tools that write a new file leave the dataset's link alone). Either way is safe: the
+  manifest records (size, mtime_ns), readers re-probe and re-hash a video whose stat changed, and the
+  cache, keyed by content hash, never trusts stale entries.
 * Re-running is idempotent: a video already in place (same inode, or same bytes), a caption with the same
   text and an unchanged manifest are left untouched. DATASET/videos mirrors the good videos of SRC: a video
   an earlier run put there (it is in the old manifest) and that is no longer in SRC is removed with its
@@ -164,9 +165,7 @@ def prepare_videos(src: Path, out: Path, *, prompt: str | None = None, num_frame
     result.removed = len(stale)
     result.written += write_if_changed(out / MANIFEST_NAME, _manifest_text(entries, num_frames))
     result.videos = sorted(entries)
-    for b in bad:
-        log.warning("skipped %s", b.reason)
-    log.info("%s: %d videos ready (%d files written, %d removed, %d skipped)", out, len(entries), result.written,
+    log.debug("%s: %d videos ready (%d files written, %d removed, %d skipped)", out, len(entries), result.written,
              result.removed, len(bad))
     return result
 
@@ -255,7 +254,6 @@ def _place(source: Path, dst: Path, sha256: str, copy: bool) -> bool:
         return False
     with atomic_path(dst) as tmp:
         if not copy:
-            tmp.unlink()
             try:
                 os.link(source, tmp)
                 return True

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import io
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -102,17 +102,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in `path`'s folder; on success rename it to `path`, on failure delete it."""
+    """Yield an unused temporary path in `path`'s folder for the caller to create; on success rename it to
+    `path`, on failure delete it. (Not created here, so the file gets the usual umask permissions.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 

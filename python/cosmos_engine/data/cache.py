@@ -1,0 +1,265 @@
+"""The latent / text-embedding cache: encode each training window and each caption once, then train on files.
+
+The frozen VAE and text encoder give the same output for the same input, so re-running them at every
+step (as the official trainer does) is pure waste. Before training, `LatentCache.build` encodes what is
+missing and stores it as safetensors under DATASET/cache/:
+
+```
+cache/latents/<video sha256>/start<start>_n<num_frames>_<height>x<width>_<hash of VAE identity>.safetensors
+cache/text/<hash of prompt>_<hash of text-encoder identity>.safetensors
+```
+
+* Keys are content, not names: the video's sha256 (so editing a video invalidates exactly its entries),
+  the window, the training size and the encoder's `identity` string (so another VAE or text encoder, other
+  weights or another dtype, never reads stale latents). Each file also stores its full key as safetensors
+  metadata, checked on every read: an entry is used only if it was written for exactly this key.
+* A missing entry is computed. An unreadable one (truncated, garbage, another key) is recomputed with a
+  warning. safetensors checks that the header covers the file exactly, so truncation is caught; a flipped
+  bit inside the tensor data is not (there is no checksum).
+* Files are written atomically (temporary name in the same folder, then rename), so a crash mid-build
+  leaves either the old entry or the new one. Directories of videos no longer in the dataset are pruned.
+* `cache = "windows"` encodes a fixed set of windows per video (`window_starts`): the fewest windows that
+  cover every frame, evenly spaced from the first frame to the last (a video of exactly `num_frames`
+  frames has one). Training then samples among these windows instead of any start: less start jitter, in
+  exchange for no VAE at all in the training step.
+
+The encoders are anything with an `identity: str` and an `encode(...)` method (`VideoEncoder`,
+`TextEncoder` below), so this module does not depend on the model code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cosmos_engine.data.dataset import VideoRecord, VideoWindowDataset
+from cosmos_engine.data.video_io import atomic_path
+from cosmos_engine.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "1"  # bump when the stored layout or the pixel pipeline changes: old entries stop matching
+
+
+class VideoEncoder(Protocol):
+    """The VAE as the cache needs it."""
+
+    identity: str  # names architecture, weights (e.g. a hash of the file) and dtype
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 3, T, H, W] float in [-1, 1] -> latents [B, C, T', H', W']."""
+
+
+class TextEncoder(Protocol):
+    """The text encoder as the cache needs it."""
+
+    identity: str
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """B prompts -> embeddings [B, L, D]."""
+
+
+def window_starts(frames: int, num_frames: int) -> list[int]:
+    """The cached windows of a video: ceil(frames / num_frames) starts, evenly spaced from 0 to the last
+    possible start, so together they cover every frame."""
+    if frames < num_frames:
+        raise ValueError(f"a video of {frames} frames has no window of {num_frames}")
+    count = -(-frames // num_frames)
+    if count == 1:
+        return [0]
+    last = frames - num_frames
+    return [i * last // (count - 1) for i in range(count)]
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LatentKey:
+    video_sha256: str
+    start: int
+    num_frames: int
+    height: int
+    width: int
+    encoder: str
+
+    def relpath(self) -> Path:
+        return (Path("latents") / self.video_sha256 /
+                f"start{self.start:06d}_n{self.num_frames}_{self.height}x{self.width}_{_short_hash(self.encoder)}.safetensors")
+
+    def metadata(self) -> dict[str, str]:
+        return {"kind": "latent", "format": CACHE_FORMAT, "video_sha256": self.video_sha256, "start": str(self.start),
+                "num_frames": str(self.num_frames), "height": str(self.height), "width": str(self.width),
+                "encoder": self.encoder}
+
+
+@dataclass(frozen=True)
+class TextKey:
+    prompt: str
+    encoder: str
+
+    def relpath(self) -> Path:
+        return Path("text") / f"{_short_hash(self.prompt)}_{_short_hash(self.encoder)}.safetensors"
+
+    def metadata(self) -> dict[str, str]:
+        return {"kind": "text", "format": CACHE_FORMAT, "prompt": self.prompt, "encoder": self.encoder}
+
+
+@dataclass
+class BuildStats:
+    latents_encoded: int = 0
+    texts_encoded: int = 0
+    hits: int = 0
+    corrupt: int = 0  # entries found unreadable or written for another key, recomputed
+    pruned: int = 0  # directories of videos no longer in the dataset
+
+
+class LatentCache:
+    """The cache folder of one dataset (DATASET/cache)."""
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self.root = Path(dataset_dir) / "cache"
+
+    def path(self, key: LatentKey | TextKey) -> Path:
+        return self.root / key.relpath()
+
+    def problem(self, key: LatentKey | TextKey) -> str | None:
+        """None when the entry for `key` is present and was written for exactly this key, else why not
+        ("missing", or a reason to warn about). Reads only the header, not the tensor data."""
+        path = self.path(key)
+        if not path.exists():
+            return "missing"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata, names = f.metadata(), list(f.keys())
+        except (SafetensorError, OSError) as exc:
+            return f"unreadable ({exc})"
+        if metadata != key.metadata():
+            return f"written for another key ({metadata})"
+        if names != ["tensor"]:
+            return f"holds tensors {names}, expected one named 'tensor'"
+        return None
+
+    def load(self, key: LatentKey | TextKey) -> torch.Tensor:
+        """The cached tensor; DatasetError when the entry is missing or not for this key."""
+        problem = self.problem(key)
+        if problem is not None:
+            raise DatasetError(f"{self.path(key)}: cache entry {problem}; build the cache again (it is built "
+                               "before training starts)")
+        return load_file(str(self.path(key)))["tensor"]
+
+    def store(self, key: LatentKey | TextKey, tensor: torch.Tensor) -> None:
+        with atomic_path(self.path(key)) as tmp:
+            save_file({"tensor": tensor.detach().contiguous().cpu()}, str(tmp), metadata=key.metadata())
+
+    def latent_key(self, record: VideoRecord, start: int, dataset: VideoWindowDataset, vae_identity: str) -> LatentKey:
+        return LatentKey(record.sha256, start, dataset.num_frames, dataset.height, dataset.width, vae_identity)
+
+    def build(self, dataset: VideoWindowDataset, vae: VideoEncoder, text_encoder: TextEncoder, *,
+              device: torch.device | str = "cpu", num_workers: int = 0, rank: int = 0, world_size: int = 1) -> BuildStats:
+        """Encode every missing or unreadable entry of `dataset`'s windows and captions.
+
+        With several ranks each encodes every world_size-th missing entry; the caller must wait for all
+        ranks (a barrier) before training reads the cache. Decoding runs in `num_workers` DataLoader workers
+        while the VAE encodes, under `torch.inference_mode`.
+        """
+        stats = BuildStats()
+        windows = [(i, start) for i, record in enumerate(dataset.records)
+                   for start in window_starts(record.frames, dataset.num_frames)]
+        latent_todo = [(i, start) for i, start in windows
+                       if self._needed(self.latent_key(dataset.records[i], start, dataset, vae.identity), stats)]
+        prompts = sorted({record.prompt for record in dataset.records})
+        text_todo = [p for p in prompts if self._needed(TextKey(p, text_encoder.identity), stats)]
+        latent_todo, text_todo = latent_todo[rank::world_size], text_todo[rank::world_size]
+        if rank == 0:
+            stats.pruned = self._prune({record.sha256 for record in dataset.records})
+
+        device = torch.device(device)
+        with torch.inference_mode():
+            for prompt in text_todo:
+                self.store(TextKey(prompt, text_encoder.identity), text_encoder.encode([prompt])[0])
+                stats.texts_encoded += 1
+            if latent_todo:
+                videos = DataLoader(_WindowVideos(dataset, latent_todo), batch_size=1, num_workers=num_workers,
+                                    pin_memory=device.type == "cuda" and dataset.decoder.device.type == "cpu")
+                progress = tqdm(zip(latent_todo, videos), total=len(latent_todo), desc="caching latents", unit="window",
+                                disable=None)
+                for (i, start), video in progress:
+                    latent = vae.encode(video.to(device, non_blocking=True))[0]
+                    self.store(self.latent_key(dataset.records[i], start, dataset, vae.identity), latent)
+                    stats.latents_encoded += 1
+        log.info("latent cache %s: %d hits, %d latents and %d captions encoded, %d recomputed as unreadable, "
+                 "%d stale video folders pruned", self.root, stats.hits, stats.latents_encoded, stats.texts_encoded,
+                 stats.corrupt, stats.pruned)
+        return stats
+
+    def text_embeddings(self, prompts: Sequence[str], encoder_identity: str) -> dict[str, torch.Tensor]:
+        """Each distinct prompt's cached embedding [L, D], loaded once: the trainer keeps these (the NeMo set
+        has one caption) and indexes them with the batch's `prompt` list."""
+        return {p: self.load(TextKey(p, encoder_identity)) for p in sorted(set(prompts))}
+
+    def _needed(self, key: LatentKey | TextKey, stats: BuildStats) -> bool:
+        problem = self.problem(key)
+        if problem is None:
+            stats.hits += 1
+            return False
+        if problem != "missing":
+            log.warning("cache entry %s is %s; recomputing it", self.path(key), problem)
+            stats.corrupt += 1
+        return True
+
+    def _prune(self, live_shas: set[str]) -> int:
+        latents = self.root / "latents"
+        stale = [d for d in latents.iterdir() if d.is_dir() and d.name not in live_shas] if latents.is_dir() else []
+        for directory in stale:
+            shutil.rmtree(directory)
+        return len(stale)
+
+
+class _WindowVideos(Dataset):
+    """The decoded windows the cache still needs, as a map-style dataset for a DataLoader."""
+
+    def __init__(self, dataset: VideoWindowDataset, windows: list[tuple[int, int]]) -> None:
+        self.dataset, self.windows = dataset, windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.dataset[self.windows[i]]["video"]
+
+
+class CachedWindowDataset(Dataset):
+    """(video index, start) -> the cached latent of that window and its caption; no decoding, no VAE.
+
+    Item: `latent` [C, T', H', W'] (the VAE's dtype), `prompt` str, `fps` float, `video_index` int,
+    `start` int. Text embeddings come from `LatentCache.text_embeddings`, once per run.
+    """
+
+    def __init__(self, cache: LatentCache, dataset: VideoWindowDataset, vae_identity: str) -> None:
+        self.cache, self.dataset, self.vae_identity = cache, dataset, vae_identity
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def all_starts(self) -> list[list[int]]:
+        """The cached windows of every video: what the sampler may draw from."""
+        return [window_starts(r.frames, self.dataset.num_frames) for r in self.dataset.records]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, start = key
+        record = self.dataset.records[index]
+        latent = self.cache.load(self.cache.latent_key(record, start, self.dataset, self.vae_identity))
+        return {"latent": latent, "prompt": record.prompt, "fps": record.fps, "video_index": index, "start": start}

@@ -1,0 +1,195 @@
+"""Read official DiT weights and build a `CosmosDiT` from them.
+
+Three layouts are read, all with the official key names (so no mapping table exists):
+* an official `.pt` (a released checkpoint, or `model.pt` from the converter): flat `net.*` keys, and in
+  `model.pt` also `net_ema.*`;
+* a converted EMA file (`model_ema_fp32.pt`, `model_ema_bf16.pt`): the EMA weights under `net.*`;
+* a DCP checkpoint folder (`.../iter_000001000/model/` with its `.metadata`, or the `iter_*` folder above
+  it): `net.*` (the training weights, bf16) and `net_ema.*` (the EMA, fp32). It is read with
+  torch.distributed.checkpoint in a single process; no process group is needed.
+
+Which weights: `weights="ema"` (the default) takes `net_ema.*` when the file has them and `net.*`
+otherwise. That is what a user of a checkpoint expects: released `.pt` files and the converted EMA files
+keep the EMA weights under `net.`, the official inference loads those, and post-training starts from
+them. `weights="net"` takes the raw training weights `net.*` (e.g. to compare with the EMA). A state dict
+without any `net.`/`net_ema.` prefix (one saved from `CosmosDiT.state_dict()`) is taken as it is.
+TransformerEngine `_extra_state` entries are dropped. `.pt` files are read with `weights_only=True`
+unless the caller passes `trust_checkpoint=True` (the CLI's --trust-checkpoint).
+
+Memory: the model is built on the meta device and receives the loaded tensors directly: `.pt` files are
+memory-mapped and assigned (converted tensor by tensor when the dtype differs), DCP reads straight into the
+materialized parameters. The 2B model never exists twice in host memory while loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from cosmos_engine.errors import CheckpointError
+from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
+
+log = logging.getLogger(__name__)
+
+Weights = Literal["ema", "net"]
+NET_PREFIX = "net."
+EMA_PREFIX = "net_ema."
+EXTRA_STATE = "_extra_state"
+_SHOWN = 5  # keys listed per kind of mismatch in an error message
+
+
+def strip_official_prefix(sd: Mapping[str, torch.Tensor], prefix: str = NET_PREFIX) -> dict[str, torch.Tensor]:
+    """The entries of `sd` under `prefix`, with the prefix removed and `_extra_state` entries dropped.
+
+    `prefix=""` keeps every key (still dropping `_extra_state`)."""
+    return {key[len(prefix):]: value for key, value in sd.items()
+            if key.startswith(prefix) and not key.endswith(EXTRA_STATE)}
+
+
+def choose_prefix(keys: list[str], weights: Weights, source: str | Path) -> str:
+    """The key prefix holding the requested weights in a file with these keys (see the module docstring)."""
+    if weights not in ("ema", "net"):
+        raise ValueError(f"weights must be 'ema' or 'net', got {weights!r}")
+    has_ema = any(k.startswith(EMA_PREFIX) for k in keys)
+    has_net = any(k.startswith(NET_PREFIX) for k in keys)
+    if weights == "ema" and has_ema:
+        return EMA_PREFIX
+    if has_net:
+        return NET_PREFIX
+    if has_ema:
+        raise CheckpointError(f"{source}: holds only EMA weights ('{EMA_PREFIX}*'), but the training weights "
+                              f"('{NET_PREFIX}*') were asked for; use weights='ema'")
+    return ""
+
+
+def check_keys(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Size], source: str) -> None:
+    """Raise CheckpointError naming the first few missing, unexpected and mis-shaped keys, with their counts."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    misshaped = [f"{k} (file {list(found[k])}, model {list(expected[k])})"
+                 for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+            problems.append(f"{len(keys)} {what}: {', '.join(keys[:_SHOWN])}{more}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the DiT ({len(expected)} keys expected): " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def dcp_folder(path: str | Path) -> Path | None:
+    """The DCP folder (with `.metadata`) at `path` or at `path/model`, or None when `path` is not one."""
+    path = Path(path)
+    for folder in (path, path / "model"):
+        if (folder / ".metadata").is_file():
+            return folder
+    return None
+
+
+def _dcp_tensor_shapes(folder: Path) -> dict[str, TensorStorageMetadata]:
+    try:
+        metadata = FileSystemReader(folder).read_metadata()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise CheckpointError(f"{folder}: cannot read the DCP metadata ({e})") from e
+    return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def _dcp_load(state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Fill the tensors of `state` from the DCP folder, in place, in this process only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(state, storage_reader=FileSystemReader(folder), no_dist=True)
+
+
+def _load_pt(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder without a DCP '.metadata' file (nor a 'model/' folder with one)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or DCP folder")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint, mmap=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: torch.load(weights_only=True) refused the file ({first}); if you trust "
+                              "its origin, pass --trust-checkpoint (trust_checkpoint=True)") from e
+    except (RuntimeError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found a {type(sd).__name__}")
+    return dict(sd)
+
+
+def _read_pt(path: Path, weights: Weights, trust_checkpoint: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    """(prefix taken, network-relative tensors) of a `.pt` file; non-tensor entries other than `_extra_state` are an error."""
+    raw = _load_pt(path, trust_checkpoint)
+    prefix = choose_prefix(list(raw), weights, path)
+    sd = strip_official_prefix(raw, prefix)
+    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: {len(not_tensors)} entries are not tensors: {', '.join(not_tensors[:_SHOWN])}")
+    return prefix, sd
+
+
+def read_state_dict(path: str | Path, *, weights: Weights = "ema", trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """The DiT state dict (network-relative keys, the file's dtypes, on the CPU) from a `.pt` or a DCP folder.
+
+    DCP tensors are read into fresh memory; `.pt` tensors stay memory-mapped."""
+    folder = dcp_folder(path)
+    if folder is None:
+        return _read_pt(Path(path), weights, trust_checkpoint)[1]
+    shapes = _dcp_tensor_shapes(folder)
+    prefix = choose_prefix(list(shapes), weights, folder)
+    state = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in shapes.items()
+             if k.startswith(prefix) and not k.endswith(EXTRA_STATE)}
+    _dcp_load(state, folder)
+    return strip_official_prefix(state, prefix)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, weights: Weights = "ema", trust_checkpoint: bool = False) -> CosmosDiT:
+    """A CosmosDiT on `device` with `dtype` parameters, loaded from `checkpoint` (or randomly initialised).
+
+    Floating-point tensors of the file are converted to `dtype` (so a bf16 net rounds the RoPE exponent
+    buffers, as the official `net.to(bfloat16)` does); the int64 `accum_*` buffers stay int64."""
+    with torch.device("meta"):
+        model = CosmosDiT(config)
+    model.to(dtype=dtype)
+    if checkpoint is None:
+        model.to_empty(device=device)
+        model.init_weights()
+        return model
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    folder = dcp_folder(checkpoint)
+    if folder is not None:
+        shapes = _dcp_tensor_shapes(folder)
+        prefix = choose_prefix(list(shapes), weights, folder)
+        found = {k: md.size for k, md in strip_official_prefix(shapes, prefix).items()}
+        check_keys(expected, found, f"DCP checkpoint {folder} ('{prefix}*')")
+        model.to_empty(device=device)
+        _dcp_load({prefix + k: v for k, v in model.state_dict().items()}, folder)
+    else:
+        prefix, sd = _read_pt(Path(checkpoint), weights, trust_checkpoint)
+        check_keys(expected, {k: v.shape for k, v in sd.items()}, f"checkpoint {checkpoint} ('{prefix}*')")
+        targets = model.state_dict()
+        model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
+    log.info("loaded DiT weights '%s*' from %s (%s, %s)", prefix, checkpoint, dtype, device)
+    return model

@@ -1,0 +1,263 @@
+"""Reason1 text conditioning of the 2B model (official `predict2/text_encoders/text_encoder.py`).
+
+What the official does, all reproduced here (reference/vae_data_io.md §2):
+* The encoder is Cosmos-Reason1-7B, i.e. the Qwen2.5-VL-7B language model (28 layers x 3584) in bf16; the
+  vision tower and lm_head are never used. It is built from transformers' Qwen2.5-VL classes and read
+  from a local folder in the Hugging Face layout (config.json, tokenizer files, *.safetensors).
+* Each caption becomes the conversation [system: SYSTEM_PROMPT, user: caption], rendered with the
+  folder's chat template (no generation prompt, no vision ids) and tokenized without padding; with the
+  Qwen2-VL template that is `<|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n<|im_start|>user\\n{caption}<|im_end|>\\n`.
+* Token ids are right-padded with the pad token to NUM_TOKENS = 512, or cut to the first 512 (which drops
+  the closing `<|im_end|>`). The language model runs without an attention mask (causal over all 512
+  positions, pads included) at positions 0..511.
+* Hidden states 1..L (index 0 is the token embedding; index L is the last layer after the final RMSNorm)
+  are each normalised per token over the hidden dim, (h - mean) / (std_unbiased + 1e-8), in the model's
+  dtype (bf16), and concatenated in layer order: [B, 512, L * hidden] = 100352 dims for the real model.
+  Pad positions are not zeroed; the DiT attends to all 512.
+* An empty caption is encoded like any other (the template around an empty user message). Training's
+  text dropout multiplies a sample's embedding by 0 (`drop_text`), so a dropped prompt is all zeros, not
+  the empty-caption embedding. At inference the unconditional branch uses the embedding of the negative
+  prompt (DEFAULT_NEGATIVE_PROMPT unless the sample gives one), computed the same way.
+
+Weights are loaded strictly: unlike the official (strict=False), a missing, unexpected or mis-shaped
+language-model key is a CheckpointError, because a silent random layer would give garbage embeddings.
+
+Embeddings are cached on disk (`EmbeddingCache`), one safetensors file per (prompt, encoder identity); the
+identity is a hash of every file in the encoder folder plus the settings above, so a changed encoder
+never reads an old entry. Within one call a prompt that appears several times is encoded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from cosmos_engine.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = "You are a helpful assistant who will provide prompts to an image generator."
+NUM_TOKENS = 512
+DEFAULT_NEGATIVE_PROMPT = (
+    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
+    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
+    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky "
+    "movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
+    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
+    "Overall, the video is of poor quality."
+)
+# Bumped whenever the recipe below changes, so old cache entries stop matching.
+_EMBEDDING_RECIPE = f"reason1-full_concat-v1|system={SYSTEM_PROMPT}|tokens={NUM_TOKENS}|eps=1e-8|unbiased"
+
+
+def mean_normalize(hidden: torch.Tensor) -> torch.Tensor:
+    """(h - mean) / (std + 1e-8) over the last dim, unbiased std, in h's dtype (official `mean_normalize`)."""
+    return (hidden - hidden.mean(dim=-1, keepdim=True)) / (hidden.std(dim=-1, keepdim=True) + 1e-8)
+
+
+def full_concat(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate the normalised hidden states 1..L (index 0, the token embedding, is skipped) along the
+    last dim in layer order: L tensors [B, N, H] -> [B, N, L * H]."""
+    return torch.cat([mean_normalize(h) for h in hidden_states[1:]], dim=-1)
+
+
+def drop_text(embeddings: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time text dropout as the official conditioner does it: each sample's whole embedding is
+    multiplied by 0 with `probability` (one Bernoulli draw per sample, on the CPU)."""
+    keep = torch.bernoulli(torch.full((embeddings.shape[0],), 1.0 - probability), generator=generator)
+    return embeddings * keep.to(embeddings.device, embeddings.dtype).view(-1, *([1] * (embeddings.dim() - 1)))
+
+
+class EmbeddingCache:
+    """Text embeddings on disk: `<folder>/<sha256(identity, prompt)>.safetensors`, holding the tensor
+    `embedding` [512, D] and the prompt and encoder identity as metadata (checked on read). Files are
+    written to a temporary name and renamed; an unreadable or mismatching file is recomputed with a
+    warning."""
+
+    def __init__(self, folder: str | Path, identity: str) -> None:
+        self.folder = Path(folder)
+        self.identity = identity
+
+    def path(self, prompt: str) -> Path:
+        key = hashlib.sha256(f"{self.identity}\0{prompt}".encode()).hexdigest()
+        return self.folder / f"{key}.safetensors"
+
+    def load(self, prompt: str) -> torch.Tensor | None:
+        path = self.path(prompt)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+                if metadata.get("prompt") != prompt or metadata.get("encoder") != self.identity:
+                    raise ValueError("its metadata names another prompt or encoder")
+                return f.get_tensor("embedding")
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            log.warning("text embedding cache file %s is unusable (%s); recomputing it", path, e)
+            return None
+
+    def save(self, prompt: str, embedding: torch.Tensor) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(prompt)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"embedding": embedding.detach().cpu().contiguous()}, tmp,
+                  metadata={"prompt": prompt, "encoder": self.identity})
+        os.replace(tmp, path)
+
+
+def _file_digest(path: Path, memo: dict) -> str:
+    """sha256 of a file's bytes, reused from `memo` while its size and mtime are unchanged."""
+    stat = path.stat()
+    key = str(path.resolve())
+    entry = memo.get(key)
+    if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(16 * 2**20):
+            digest.update(chunk)
+    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    return memo[key]["sha256"]
+
+
+def encoder_identity(folder: str | Path, dtype: torch.dtype, memo_file: Path | None = None) -> str:
+    """A hash of every (non-hidden) file in the encoder folder, the compute dtype and the embedding recipe.
+    Hashing the 16 GB of the real weights takes a while, so file digests are remembered in `memo_file`
+    (JSON, keyed by path, trusted while size and mtime are unchanged)."""
+    memo = {}
+    if memo_file is not None and memo_file.exists():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+    identity = hashlib.sha256(f"{_EMBEDDING_RECIPE}|dtype={dtype}".encode())
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            identity.update(f"{path.name}\0{_file_digest(path, memo)}\0".encode())
+    if memo_file is not None:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, indent=1))
+        os.replace(tmp, memo_file)
+    return identity.hexdigest()
+
+
+# transformers is imported where it is used: it takes seconds to import and only loading needs it.
+def _load_tokenizer(folder: Path):
+    """The folder's tokenizer and the chat template the official renders with: the processor's
+    (`chat_template.json`) when the folder has one, else the tokenizer's own."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    processor_template = folder / "chat_template.json"
+    template = (json.loads(processor_template.read_text())["chat_template"] if processor_template.exists()
+                else tokenizer.chat_template)
+    if not template:
+        raise CheckpointError(f"{folder}: the tokenizer has no chat template (expected chat_template.json, "
+                              "chat_template.jinja or a chat_template entry in tokenizer_config.json)")
+    if tokenizer.pad_token_id is None:
+        raise CheckpointError(f"{folder}: the tokenizer defines no pad token (Qwen2.5: <|endoftext|>)")
+    return tokenizer, template
+
+
+def _load_language_model(folder: Path, dtype: torch.dtype, device: torch.device):
+    """The Qwen2.5-VL language model of the folder, loaded strictly (vision tower and lm_head dropped)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    full, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        folder, dtype=dtype, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True,
+        attn_implementation="sdpa")
+    unused = ("visual.", "model.visual.", "lm_head.")
+    problems = []
+    for what, keys in (("missing", info["missing_keys"]), ("unexpected", info["unexpected_keys"]),
+                       ("wrong shape", info["mismatched_keys"])):
+        names = sorted(str(k) for k in keys if not str(k).startswith(unused))
+        if names:
+            problems.append(f"{len(names)} {what}: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
+    if problems:
+        raise CheckpointError(f"{folder}: the language model weights do not match its config.json: " + "; ".join(problems))
+    model = full.model.language_model
+    del full
+    return model.to(device).eval().requires_grad_(False)
+
+
+class TextEncoder:
+    """Reason1 embeddings [B, 512, L * hidden] of captions, with an optional on-disk cache.
+
+    `TextEncoder(folder)` loads tokenizer and language model from a local folder (ModelConfig's
+    `text_encoder_path`); `dtype=torch.bfloat16` is the official precision. `encode(prompts)` looks every
+    distinct prompt up in `cache_dir` (when given), runs the misses through the model in batches of
+    `batch_size`, stores them, and returns the embeddings in prompt order."""
+
+    def __init__(self, folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                 cache_dir: str | Path | None = None, batch_size: int = 8) -> None:
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{folder}: not a text encoder folder (no config.json); expected a local copy of "
+                                  "nvidia/Cosmos-Reason1-7B in the Hugging Face layout")
+        self.folder = folder
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.tokenizer, self.chat_template = _load_tokenizer(folder)
+        self.model = _load_language_model(folder, dtype, self.device)
+        self.cache = None
+        if cache_dir is not None:
+            cache_dir = Path(cache_dir)
+            self.cache = EmbeddingCache(cache_dir, encoder_identity(folder, dtype, cache_dir / "encoder_files.json"))
+
+    @property
+    def embedding_dim(self) -> int:
+        """L * hidden: the DiT's `crossattn_proj_in_channels` (100352 for Reason1-7B)."""
+        cfg = self.model.config
+        return cfg.num_hidden_layers * cfg.hidden_size
+
+    def render(self, caption: str) -> str:
+        """The caption inside the official two-message conversation, as text."""
+        messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+                    {"role": "user", "content": [{"type": "text", "text": caption}]}]
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=False, add_vision_id=False)
+
+    def token_ids(self, captions: Sequence[str]) -> torch.Tensor:
+        """[B, 512] token ids: the rendered captions, right-padded with the pad token or cut to 512."""
+        rows = []
+        for caption in captions:
+            ids = self.tokenizer(self.render(caption))["input_ids"][:NUM_TOKENS]
+            rows.append(ids + [self.tokenizer.pad_token_id] * (NUM_TOKENS - len(ids)))
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def embed(self, captions: Sequence[str]) -> torch.Tensor:
+        """Run the model on `captions` (no cache): [B, 512, L * hidden] in the model dtype."""
+        out = self.model(input_ids=self.token_ids(captions), output_hidden_states=True, use_cache=False)
+        return full_concat(out.hidden_states)
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Embeddings of `prompts` in order, [B, 512, L * hidden]; each distinct prompt is computed at most
+        once (and never again while the cache holds it)."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError(f"TextEncoder.encode: 'prompts' must be a non-empty sequence of strings, got {prompts!r}")
+        found: dict[str, torch.Tensor] = {}
+        for prompt in dict.fromkeys(prompts):
+            cached = self.cache.load(prompt) if self.cache is not None else None
+            if cached is not None:
+                found[prompt] = cached.to(self.device, self.dtype)
+        misses = [p for p in dict.fromkeys(prompts) if p not in found]
+        for start in range(0, len(misses), self.batch_size):
+            batch = misses[start:start + self.batch_size]
+            for prompt, embedding in zip(batch, self.embed(batch)):
+                found[prompt] = embedding
+                if self.cache is not None:
+                    self.cache.save(prompt, embedding)
+        if misses:
+            log.info("text encoder: %d prompt(s) encoded, %d from the cache", len(misses), len(found) - len(misses))
+        return torch.stack([found[p] for p in prompts])

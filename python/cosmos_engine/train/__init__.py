@@ -1,0 +1,1 @@
+"""Post-training of the Video2World DiT: objective, optimizer schedule, EMA, the loop and checkpoints."""
