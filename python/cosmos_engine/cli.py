@@ -126,6 +126,28 @@ def _prepare(args: argparse.Namespace) -> int:
             print(f"  {bad.reason}")
     return 0
 
+
+# -------------------------------------------------------------------------------------------- convert
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
+                   help="a DCP checkpoint: RUN/checkpoints/iter_XXXXXXXXX, its model/ folder, or a run or checkpoints "
+                        "folder (its latest_checkpoint.txt picks the latest)")
+    p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
+                   help="where model.pt, model_ema_fp32.pt and model_ema_bf16.pt go (default: the iter_XXXXXXXXX folder)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="write model.pt only (a run trained without EMA)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow arbitrary pickled objects in the checkpoint (only for checkpoints from a source you trust)")
+
+
+@command("convert", "turn a training checkpoint into the official inference files", _convert_arguments)
+def _convert(args: argparse.Namespace) -> int:
+    from cosmos_engine.convert import convert_checkpoint
+
+    for path in convert_checkpoint(args.checkpoint, args.out_dir, ema=args.ema, trust_checkpoint=args.trust_checkpoint):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosmos-engine", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -39,9 +39,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from cosmos_engine.errors import CheckpointError
 
@@ -114,21 +115,22 @@ def load_model_checkpoint(model_dir: str | os.PathLike, *, trust_checkpoint: boo
         raise CheckpointError(f"{model_dir}: not a DiT model checkpoint; every key must start with "
                               f"'{NET_PREFIX}' or '{EMA_PREFIX}', " + (f"found {len(wrong)} others: {shown}" if wrong else "found no keys"))
 
-    state: dict[str, Any] = {}
-    for key, entry in entries.items():
-        if isinstance(entry, TensorStorageMetadata):
-            state[key] = torch.empty(entry.size, dtype=entry.properties.dtype)
-        elif isinstance(entry, BytesStorageMetadata):
-            state[key] = None  # a pickled object; the planner fills it in
-        else:
-            raise CheckpointError(f"{model_dir}: key {key!r} is a {type(entry).__name__}, which a DiT checkpoint does not hold")
+    # Tensors are allocated from the metadata and filled in place; other entries (pickled objects, e.g.
+    # TransformerEngine `_extra_state`) are placeholders that the planner replaces.
+    state = {key: torch.empty(entry.size, dtype=entry.properties.dtype) if isinstance(entry, TensorStorageMetadata)
+             else None for key, entry in entries.items()}
+    planner = _Planner(trust_checkpoint)
     with warnings.catch_warnings():
         # One process with no process group is exactly what we mean; torch warns about it.
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        planner = _Planner(trust_checkpoint)
-        dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+        try:
+            dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
+        except CheckpointException as exc:  # a BaseException wrapping what failed: a missing or truncated data file
+            causes = "; ".join(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+                               for cause, _ in exc.failures.values())
+            raise CheckpointError(f"{model_dir}: unreadable checkpoint data ({causes})") from None
     if planner.refused:
-        raise CheckpointError(f"{model_dir}: {', '.join(map(repr, planner.refused))} hold pickled objects that "
+        raise CheckpointError(f"{model_dir}: entries {', '.join(map(repr, planner.refused))} hold pickled objects that "
                               "weights_only loading refuses; pass --trust-checkpoint if you trust this checkpoint's source")
     return state
 
@@ -171,7 +173,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     written = [_save_atomic(state, out / MODEL_FILE)]
     if ema:
         written.append(_save_atomic(ema_state, out / EMA_FP32_FILE))
-        del state  # the fp32 EMA tensors stay referenced by ema_state; the bf16 copy is made next
+        del state  # frees the net.* tensors before the bf16 copy is made; ema_state keeps the EMA ones
         written.append(_save_atomic(to_bf16(ema_state), out / EMA_BF16_FILE))
     else:
         for stale in (out / EMA_FP32_FILE, out / EMA_BF16_FILE):
@@ -249,7 +251,9 @@ class _Planner(DefaultLoadPlanner):
     exception in its own, and the caller reports them all at once."""
 
     def __init__(self, trust_checkpoint: bool) -> None:
-        super().__init__(flatten_state_dict=False)
+        # No flattening of either kind: the keys are flat already, and flattening would make `self.state_dict`
+        # a new dict, so the objects `load_bytes` stores would not reach the caller's.
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
         self._trust = trust_checkpoint
         self.refused: list[str] = []
 
