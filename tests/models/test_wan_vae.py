@@ -109,53 +109,56 @@ def batch_video():
     return random_video(2, 3, 9, 24, 40)
 
 
-def test_fp32_matches_fp64(vae, batch_video):
+@pytest.fixture(scope="module")
+def batch_latent(vae, batch_video):
+    return vae.encode(batch_video)
+
+
+@pytest.fixture(scope="module")
+def batch_decoded(vae, batch_latent):
+    return vae.decode(batch_latent)
+
+
+def test_fp32_matches_fp64(batch_video, batch_latent, batch_decoded):
     vae64 = random_vae().double()
-    latent = vae.encode(batch_video)
     latent64 = vae64.encode(batch_video.double())
-    assert latent.shape == (2, 16, 3, 3, 5)
-    assert rel_err(latent, latent64) <= REL_TOL
-    video = vae.decode(latent64.float())
-    assert video.shape == batch_video.shape
-    assert rel_err(video, vae64.decode(latent64)) <= REL_TOL
+    assert batch_latent.shape == (2, 16, 3, 3, 5)
+    assert rel_err(batch_latent, latent64) <= REL_TOL
+    assert batch_decoded.shape == batch_video.shape
+    assert rel_err(batch_decoded, vae64.decode(batch_latent.double())) <= REL_TOL
 
 
-def test_batch_items_are_independent(vae, batch_video):
-    assert rel_err(vae.encode(batch_video)[1:], vae.encode(batch_video[1:])) <= REL_TOL
+def test_batch_items_are_independent(vae, batch_video, batch_latent):
+    assert rel_err(vae.encode(batch_video[1:]), batch_latent[1:]) <= REL_TOL
 
 
-def test_temporal_window_and_chunking_do_not_change_results(vae, batch_video):
+def test_temporal_window_and_chunking_do_not_change_results(vae, batch_video, batch_latent, batch_decoded):
     """Official chunks (frame 0, then `temporal_window` frames) with window 4 and 16, and the whole clip as
     a single chunk, give the same latents; decoding all latent frames at once equals frame by frame."""
-    latent = vae.encode(batch_video)  # temporal_window 4: chunks 1, 4, 4
-    vae16 = random_vae(temporal_window=16)  # chunks 1, 8
-    assert rel_err(vae16.encode(batch_video), latent) <= REL_TOL
+    vae16 = random_vae(temporal_window=16)  # chunks 1, 8 instead of 1, 4, 4
+    assert rel_err(vae16.encode(batch_video), batch_latent) <= REL_TOL
     with torch.no_grad():
         whole = vae.conv1(vae.encoder(batch_video, FeatureCache()))[:, :16]
-    assert rel_err(whole, vae.encode_mu(batch_video)) <= REL_TOL
-    with torch.no_grad():
-        z = latent / vae.latent_inv_std + vae.latent_mean
-        decoded_whole = vae.decoder(vae.conv2(z), FeatureCache())
-    assert rel_err(decoded_whole, vae.decode(latent)) <= REL_TOL
+        assert rel_err(whole, vae.encode_mu(batch_video)) <= REL_TOL
+        z = batch_latent / vae.latent_inv_std + vae.latent_mean
+        assert rel_err(vae.decoder(vae.conv2(z), FeatureCache()), batch_decoded) <= REL_TOL
 
 
-def test_encoder_is_causal(vae, batch_video):
+def test_encoder_is_causal(vae, batch_video, batch_latent):
     """Latent frame 0 depends on pixel frame 0 only; latent frame j on pixel frames 0..4j."""
-    latent = vae.encode(batch_video)
     changed = batch_video.clone()
     changed[:, :, 5:] = random_video(2, 3, 4, 24, 40, seed=7)
     other = vae.encode(changed)
-    assert torch.equal(other[:, :, :2], latent[:, :, :2])
-    assert not torch.allclose(other[:, :, 2], latent[:, :, 2])
+    assert torch.equal(other[:, :, :2], batch_latent[:, :, :2])
+    assert not torch.allclose(other[:, :, 2], batch_latent[:, :, 2])
     changed[:, :, 1:] = random_video(2, 3, 8, 24, 40, seed=8)
-    assert torch.equal(vae.encode(changed)[:, :, 0], latent[:, :, 0])
+    assert torch.equal(vae.encode(changed)[:, :, 0], batch_latent[:, :, 0])
 
 
-def test_decoder_is_causal(vae, batch_video):
-    latent = vae.encode(batch_video)
-    video = vae.decode(latent)
-    assert torch.equal(vae.decode(latent[:, :, :1]), video[:, :, :1])
-    assert torch.equal(vae.decode(latent[:, :, :2]), video[:, :, :5])
+def test_decoder_is_causal(vae, batch_latent, batch_decoded):
+    """Decoding the first k latent frames gives exactly the first 1 + 4(k - 1) frames."""
+    assert torch.equal(vae.decode(batch_latent[:, :, :1]), batch_decoded[:, :, :1])
+    assert torch.equal(vae.decode(batch_latent[:, :, :2]), batch_decoded[:, :, :5])
 
 
 def test_causal_conv3d_with_cache_equals_whole_sequence():

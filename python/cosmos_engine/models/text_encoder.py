@@ -209,10 +209,17 @@ class TextEncoder:
         self.batch_size = batch_size
         self.tokenizer, self.chat_template = _load_tokenizer(folder)
         self.model = _load_language_model(folder, dtype, self.device)
-        self.cache = None
-        if cache_dir is not None:
-            cache_dir = Path(cache_dir)
-            self.cache = EmbeddingCache(cache_dir, encoder_identity(folder, dtype, cache_dir / "encoder_files.json"))
+        self._memo_file = Path(cache_dir) / "encoder_files.json" if cache_dir is not None else None
+        self._identity: str | None = None
+        self.cache = EmbeddingCache(cache_dir, self.identity) if cache_dir is not None else None
+
+    @property
+    def identity(self) -> str:
+        """Names this encoder for cache keys (`encoder_identity`: its files, dtype and the embedding recipe).
+        Computed on first use; with a cache_dir the file hashes are remembered there across runs."""
+        if self._identity is None:
+            self._identity = encoder_identity(self.folder, self.dtype, self._memo_file)
+        return self._identity
 
     @property
     def embedding_dim(self) -> int:

@@ -36,6 +36,7 @@ pixels that saw their full neighbourhood, and tiled output equals untiled output
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import pickle
@@ -463,10 +464,26 @@ class WanVAE(nn.Module):
         # Not in the official file (which holds 194 parameters and no buffers), so not persistent.
         self.register_buffer("latent_mean", mean.view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latent_inv_std", inv_std.view(1, -1, 1, 1, 1), persistent=False)
+        self._identity_stamp: tuple | None = None
+        self._identity = ""
 
     @property
     def dtype(self) -> torch.dtype:
         return self.conv1.weight.dtype
+
+    @property
+    def identity(self) -> str:
+        """Names these exact weights and this dtype for cache keys (data/cache.py): sha256 of the config and
+        every parameter's bytes. Recomputed only after a parameter changed (moved, cast or written in
+        place), so reading it is cheap."""
+        stamp = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        if self._identity_stamp != stamp:
+            digest = hashlib.sha256(f"wan2.1-vae|{self.config}|{self.dtype}".encode())
+            for name, p in self.named_parameters():
+                digest.update(name.encode())
+                digest.update(p.detach().reshape(-1).cpu().view(torch.uint8).numpy())
+            self._identity_stamp, self._identity = stamp, digest.hexdigest()
+        return self._identity
 
     # ---- public API ---------------------------------------------------------------------------------
 

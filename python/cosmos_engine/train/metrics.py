@@ -1,0 +1,119 @@
+"""Training metrics: analytic DiT FLOPs, throughput, memory, and the metric sinks.
+
+One `MetricsProcessor` per run writes a line per logged step to `metrics.jsonl` in the run folder (rank 0),
+to TensorBoard when it is installed, and returns the record for the progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak of GPUs we know, for MFU (FLOP/s). Unknown devices (and CPUs) report no MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "B200": 2250e12, "L40S": 362e12}
+
+
+def dit_forward_flops(cfg: Any, latent_thw: tuple[int, int, int], text_tokens: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one DiT forward for one sample, from the config (`DiTConfig`
+    field names) and the latent size (T, H, W). Counts every matmul and both attentions; elementwise
+    work is negligible next to them and left out."""
+    t, h, w = latent_thw
+    tokens = (t // cfg.patch_temporal) * (h // cfg.patch_spatial) * (w // cfg.patch_spatial)
+    d, dc, hidden = cfg.model_channels, cfg.crossattn_emb_channels, int(cfg.model_channels * cfg.mlp_ratio)
+    patch_in = (cfg.in_channels + 2) * cfg.patch_spatial ** 2 * cfg.patch_temporal  # + condition and padding masks
+    patch_out = cfg.out_channels * cfg.patch_spatial ** 2 * cfg.patch_temporal
+    per_block = (
+        4 * tokens * d * d              # self-attention q, k, v, output projections
+        + 2 * tokens * tokens * d       # QK^T and PV over all tokens
+        + 2 * tokens * d * d            # cross-attention q and output projections
+        + 2 * text_tokens * dc * d      # cross-attention k, v from the projected text
+        + 2 * tokens * text_tokens * d  # cross-attention QK^T and PV
+        + 2 * tokens * d * hidden       # MLP
+    )
+    macs = (
+        cfg.num_blocks * per_block
+        + tokens * patch_in * d + tokens * d * patch_out            # patch embedding, final linear
+        + text_tokens * cfg.crossattn_proj_in_channels * dc         # text projection
+    )
+    return 2.0 * macs
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@dataclass
+class StepTimes:
+    """Seconds spent in one step, by phase."""
+
+    data_wait: float = 0.0
+    total: float = 0.0
+
+
+class MetricsProcessor:
+    """Turns per-step measurements into a metrics record and writes it to the run's sinks (rank 0)."""
+
+    def __init__(self, run_dir: Path, device: torch.device, flops_per_sample: float, tokens_per_sample: int,
+                 world_size: int = 1, is_main: bool = True):
+        self.device = device
+        self.flops_per_sample = flops_per_sample
+        self.tokens_per_sample = tokens_per_sample
+        self.world_size = world_size
+        self.is_main = is_main
+        self.peak = peak_flops(device)
+        self.path = run_dir / "metrics.jsonl"
+        self._tb = None
+        if is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard is not installed; metrics go to %s only", self.path)
+
+    def record(self, step: int, loss: float, grad_norm: float, lr: float, batch_size: int, times: StepTimes) -> dict:
+        """One step's metrics. Throughput is global (all ranks); FLOPs are model FLOPs (3x forward for
+        forward + backward, activation recomputation not counted), the usual MFU convention."""
+        samples = batch_size * self.world_size
+        flops = 3.0 * self.flops_per_sample * samples
+        step_time = max(times.total, 1e-12)
+        rec = {
+            "step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": times.total,
+            "data_wait_s": times.data_wait, "samples_per_s": samples / step_time,
+            "tokens_per_s": samples * self.tokens_per_sample / step_time, "tflops_per_s": flops / step_time / 1e12,
+            "mfu": (flops / step_time / self.world_size / self.peak) if self.peak else None,
+            "peak_memory_gb": peak_memory_bytes(self.device) / 2**30, "time": time.time(),
+        }
+        if self.is_main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if self._tb is not None:
+                for key, value in rec.items():
+                    if isinstance(value, (int, float)) and key not in ("step", "time"):
+                        self._tb.add_scalar(key, value, step)
+        return rec
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
