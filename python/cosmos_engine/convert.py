@@ -70,7 +70,7 @@ def find_model_dir(checkpoint: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a folder; expected a DCP checkpoint folder (iter_XXXXXXXXX/ or its model/)")
     for folder in (path, path / "checkpoints"):
-        if not (folder / METADATA_FILE).is_file() and (folder / LATEST_FILE).is_file():
+        if (folder / LATEST_FILE).is_file():
             path = _latest_iteration(folder / LATEST_FILE)
             break
     if (path / METADATA_FILE).is_file():
@@ -112,8 +112,9 @@ def load_model_checkpoint(model_dir: str | os.PathLike, *, trust_checkpoint: boo
     wrong = [key for key in entries if not key.startswith((NET_PREFIX, EMA_PREFIX))]
     if not entries or wrong:
         shown = ", ".join(repr(key) for key in wrong[:3]) + (", ..." if len(wrong) > 3 else "")
+        found = f"found {len(wrong)} others: {shown}" if wrong else "found no keys"
         raise CheckpointError(f"{model_dir}: not a DiT model checkpoint; every key must start with "
-                              f"'{NET_PREFIX}' or '{EMA_PREFIX}', " + (f"found {len(wrong)} others: {shown}" if wrong else "found no keys"))
+                              f"'{NET_PREFIX}' or '{EMA_PREFIX}', {found}")
 
     # Tensors are allocated from the metadata and filled in place; other entries (pickled objects, e.g.
     # TransformerEngine `_extra_state`) are placeholders that the planner replaces.
@@ -130,8 +131,9 @@ def load_model_checkpoint(model_dir: str | os.PathLike, *, trust_checkpoint: boo
                                for cause, _ in exc.failures.values())
             raise CheckpointError(f"{model_dir}: unreadable checkpoint data ({causes})") from None
     if planner.refused:
-        raise CheckpointError(f"{model_dir}: entries {', '.join(map(repr, planner.refused))} hold pickled objects that "
-                              "weights_only loading refuses; pass --trust-checkpoint if you trust this checkpoint's source")
+        refused = ", ".join(map(repr, planner.refused))
+        raise CheckpointError(f"{model_dir}: entries {refused} hold pickled objects that weights_only loading "
+                              "refuses; pass --trust-checkpoint if you trust this checkpoint's source")
     return state
 
 

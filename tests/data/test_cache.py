@@ -22,7 +22,7 @@ from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_
 from cosmos_engine.data.decode_pyav import PyAVDecoder
 from cosmos_engine.data.prepare import prepare_synthetic
 from cosmos_engine.data.synthetic import render_clip
-from cosmos_engine.data.video_io import encode_video
+from cosmos_engine.data.video_io import encode_video, to_unit_range
 from cosmos_engine.errors import DatasetError
 
 N, H, W = 9, 32, 48
@@ -92,7 +92,7 @@ def test_second_epoch_and_second_build_call_no_encoder(dataset_dir):
         batch = next(loader)
         index, start = int(batch["video_index"]), int(batch["start"])
         assert start in (0, 8, 16)
-        expected = vae.encode(windows[(index, start)]["video"][None])[0]
+        expected = vae.encode(to_unit_range(windows[(index, start)]["video"][None]))[0]
         assert torch.equal(batch["latent"][0], expected)
     assert (vae.calls - 2 * len(cached), text.calls) == (9, 2)  # only the check above called the VAE
 

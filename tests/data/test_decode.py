@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmos_engine.data.decode_pyav import PyAVDecoder
-from cosmos_engine.data.video_io import probe_video, to_training_frames, write_video
+from cosmos_engine.data.video_io import probe_video, resize_frames, to_unit_range, write_video
 from cosmos_engine.errors import DatasetError
 
 GREY0, GREY_STEP = 20, 6
@@ -80,25 +80,26 @@ def test_probe_reports_what_was_encoded(gop_clip):
     assert probe.duration == pytest.approx(40 / 24, abs=1e-3)
 
 
-def test_training_frames_follow_the_official_pixel_path():
+def test_resize_follows_the_official_pixel_path():
     frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, size=(10, 36, 64, 3), dtype=np.uint8))
-    out = to_training_frames(frames, 32, 48)
-    assert out.dtype == torch.float32 and out.shape == (3, 10, 32, 48)
-    assert out.min() >= -1.0 and out.max() <= 1.0
+    out = resize_frames(frames, 32, 48)
+    assert out.dtype == torch.uint8 and out.shape == (3, 10, 32, 48)
     # The official per-frame steps (reference/vae_data_io.md §3.3), written out independently.
     expected = []
     for frame in frames:
         x = frame.permute(2, 0, 1).float()[None] / 255.0
         x = F.interpolate(x, size=(32, 48), mode="bilinear", align_corners=False, antialias=True)
-        expected.append(torch.clamp(x * 255, 0, 255).to(torch.uint8)[0].float() / 127.5 - 1)
+        expected.append(torch.clamp(x * 255, 0, 255).to(torch.uint8)[0])
     assert torch.equal(out, torch.stack(expected, dim=1))
 
 
-def test_training_frames_at_the_native_size_are_only_rescaled():
+def test_native_size_is_only_transposed_and_unit_range_spans_minus_one_to_one():
     frames = torch.arange(0, 256, dtype=torch.uint8).reshape(1, 16, 16, 1).expand(1, 16, 16, 3).contiguous()
-    out = to_training_frames(frames, 16, 16)
-    assert out[0, 0, 0, 0] == -1.0 and out[0, 0, -1, -1] == 1.0
-    assert torch.equal(out, frames.permute(3, 0, 1, 2).float() / 127.5 - 1)
+    out = resize_frames(frames, 16, 16)
+    assert torch.equal(out, frames.permute(3, 0, 1, 2))
+    unit = to_unit_range(out)
+    assert unit.dtype == torch.float32 and unit.min() == -1.0 and unit.max() == 1.0
+    assert torch.equal(unit, out.float() / 127.5 - 1)
 
 
 @pytest.mark.cuda

@@ -4,8 +4,8 @@ The trainer needs one call, `build_training_loader`, which picks the path from t
 * cache = "windows": make sure every fixed window's VAE latent and every caption's embedding is cached
   (encoding only what is missing), then stream cached latents. Batches hold `latent`, `prompt`, ...;
   `TrainingData.text_embeddings` maps each caption to its embedding, loaded once.
-* cache = "off": stream decoded windows from any start; batches hold `video` in [-1, 1], `prompt`, ...;
-  the trainer runs the frozen VAE and text encoder itself.
+* cache = "off": stream decoded windows from any start; batches hold `video` float32 [B, 3, T, H, W]
+  in [-1, 1] on the device, `prompt`, ...; the trainer runs the frozen VAE and text encoder itself.
 """
 
 from __future__ import annotations

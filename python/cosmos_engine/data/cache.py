@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cosmos_engine.data.dataset import VideoRecord, VideoWindowDataset
-from cosmos_engine.data.video_io import atomic_path
+from cosmos_engine.data.video_io import atomic_path, to_unit_range
 from cosmos_engine.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class LatentCache:
                 progress = tqdm(zip(latent_todo, videos), total=len(latent_todo), desc="caching latents", unit="window",
                                 disable=None)
                 for (i, start), video in progress:
-                    latent = vae.encode(video.to(device, non_blocking=True))[0]
+                    latent = vae.encode(to_unit_range(video.to(device, non_blocking=True)))[0]
                     self.store(self.latent_key(dataset.records[i], start, dataset, vae.identity), latent)
                     stats.latents_encoded += 1
         log.info("latent cache %s: %d hits, %d latents and %d captions encoded, %d recomputed as unreadable, "

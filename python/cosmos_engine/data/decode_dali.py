@@ -3,8 +3,8 @@
 DALI's CPU video decoder refuses H.264 (BUILD_NOTES.md, Video), so this path is GPU-only: the file's bytes
 go to `fn.decoders.video` on the "mixed" backend (FFmpeg demuxes on the CPU, NVDEC decodes on the GPU),
 which seeks to the key frame before `start_frame` and returns `sequence_length` consecutive frames. The
-frames stay on the GPU, are resized there, and never cross the PCIe bus or a DataLoader worker pipe: the
-loader runs this decoder in the main process (CUDA cannot be used in forked workers).
+frames stay on the GPU (the dataset resizes them there) and never cross the PCIe bus or a DataLoader
+worker pipe: the loader runs this decoder in the main process (CUDA cannot be used in forked workers).
 
 `nvidia-dali` is optional and imported only when this decoder is built. Status: written against the DALI
 documentation (`fn.decoders.video` with `start_frame`/`sequence_length`/`pad_mode`), not yet run: the
@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosmos_engine.data.video_io import to_training_frames
 from cosmos_engine.errors import DatasetError, UserError
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,3 @@ class DALIDecoder:
         if span.shape[0] != hi - lo + 1:
             raise DatasetError(f"{path}: DALI returned {span.shape[0]} frames for {lo}..{hi} (the video is shorter)")
         return span[torch.as_tensor(indices, device=self.device) - lo]
-
-    def read_window(self, path: Path, start: int, num_frames: int, height: int, width: int) -> torch.Tensor:
-        """float32 [3, num_frames, height, width] in [-1, 1] on the GPU."""
-        return to_training_frames(self.read_frames(path, range(start, start + num_frames)), height, width)

@@ -21,7 +21,6 @@ import av
 import numpy as np
 import torch
 
-from cosmos_engine.data.video_io import to_training_frames
 from cosmos_engine.errors import DatasetError
 
 
@@ -52,10 +51,6 @@ class PyAVDecoder:
         except av.FFmpegError as exc:
             raise DatasetError(f"{path}: decoding frames {wanted[0]}..{wanted[-1]} failed ({exc})") from None
         return torch.from_numpy(np.stack([frames[i] for i in indices]))
-
-    def read_window(self, path: Path, start: int, num_frames: int, height: int, width: int) -> torch.Tensor:
-        """float32 [3, num_frames, height, width] in [-1, 1]: frames start..start+num_frames-1, resized."""
-        return to_training_frames(self.read_frames(path, range(start, start + num_frames)), height, width)
 
     def _table(self, path: Path) -> list[int] | None:
         stat = os.stat(path)

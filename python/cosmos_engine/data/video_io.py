@@ -3,9 +3,10 @@
 * `probe_video` decodes every frame once. Container headers can lie (a truncated file still declares its
   frame count) and an unreadable frame found at training time would cost a run, so `prepare` pays one full
   decode per video and counts the frames it actually got.
-* `to_training_frames` is the official pixel path (reference/vae_data_io.md §3.3): frames scaled to [0, 1],
-  resized with bilinear antialiasing to exactly (height, width) (a plain resize: no crop, aspect not kept),
-  back to uint8 by truncation, then mapped to [-1, 1] as the model does with `x / 127.5 - 1`.
+* `resize_frames` + `to_unit_range` are the official pixel path (reference/vae_data_io.md §3.3): frames
+  scaled to [0, 1], resized with bilinear antialiasing to exactly (height, width) (a plain resize: no crop,
+  aspect not kept), back to uint8 by truncation; later, on the training device, `x / 127.5 - 1`. Windows
+  travel as uint8 between the two steps: a 93-frame 704x1280 window is 251 MB in uint8, 1 GB in float32.
 * Every file is written to a temporary name in its own folder and renamed (`atomic_write`), so a crash never
   leaves a half-written video, manifest or cache entry under the final name.
 """
@@ -32,7 +33,7 @@ from cosmos_engine.errors import DatasetError
 # The official dataset falls back to 16 fps when the decoder reports none.
 DEFAULT_FPS = 16.0
 # Frames resized per interpolate call: bounds the float32 scratch memory of a 93-frame 720p window.
-_RESIZE_CHUNK = 8
+_RESIZE_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -162,22 +163,26 @@ def write_video(path: Path, frames: np.ndarray, fps: float, **encode_options) ->
     atomic_write(path, encode_video(frames, fps, **encode_options))
 
 
-def to_training_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 frames [T, H, W, 3] (any device) -> float32 [3, T, height, width] in [-1, 1], the official way.
+def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] (any device) -> uint8 [3, T, height, width], the official way.
 
-    Resizing works in chunks of frames so a 93-frame 720p window needs a few hundred MB of scratch, not
-    several GB. When the size already matches, the frames are only rescaled.
+    Per frame: scale to [0, 1] in float32, bilinear antialiased resize to exactly (height, width), back to
+    uint8 by truncation (reference/vae_data_io.md §3.3). Works on a few frames at a time, so a 93-frame
+    720p window needs tens of MB of float scratch, not gigabytes. A frame already at the size is copied.
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     num = frames.shape[0]
-    out = torch.empty((3, num, height, width), dtype=torch.float32, device=frames.device)
+    if frames.shape[1:3] == (height, width):
+        return frames.permute(3, 0, 1, 2).contiguous()
+    out = torch.empty((3, num, height, width), dtype=torch.uint8, device=frames.device)
     for lo in range(0, num, _RESIZE_CHUNK):
-        chunk = frames[lo:lo + _RESIZE_CHUNK].permute(0, 3, 1, 2)  # [t, 3, H, W]
-        if chunk.shape[-2:] != (height, width):
-            chunk = F.interpolate(chunk.float() / 255.0, size=(height, width), mode="bilinear",
-                                  align_corners=False, antialias=True)
-            chunk = (chunk * 255.0).clamp_(0, 255).to(torch.uint8)  # truncation, as the official dataset
-        out[:, lo:lo + _RESIZE_CHUNK] = chunk.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0)
+        chunk = frames[lo:lo + _RESIZE_CHUNK].permute(0, 3, 1, 2).float().div_(255.0)  # [t, 3, H, W]
+        chunk = F.interpolate(chunk, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        out[:, lo:lo + _RESIZE_CHUNK] = chunk.mul_(255.0).clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3)
     return out
 
+
+def to_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1] (`x / 127.5 - 1`, as the official model does on the GPU)."""
+    return video.float().div_(127.5).sub_(1.0)

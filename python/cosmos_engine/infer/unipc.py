@@ -7,7 +7,7 @@ reference/dit_and_training.md §3 describes what the official `FlowUniPCMultiste
   sees (`trunc(1000 sigma)`, so the network gets 999 where the solver uses 0.9998). Two variants, picked
   by `SAMPLER_VARIANTS`: "pre-trained" (the NeMo post-training experiment and the pre-trained model: 35
   shifted-linear steps, shift 5) and "post-trained" (the default of the official 2B/post-trained model:
-  Karras/EDM sigmas, 36 steps, and condition frames that the network sees at timestep 0.1).
+  Karras/EDM sigmas, 36 steps for the default 35, and condition frames seen by the network at timestep 0.1).
 * `initial_noise` is the official `numpy.random.RandomState(seed).standard_normal` noise, as float32,
   the same on every device.
 * `condition_inputs` / `condition_velocity` are the official condition-frame handling (§3.4). They are
@@ -19,10 +19,10 @@ reference/dit_and_training.md §3 describes what the official `FlowUniPCMultiste
 
 Batches: the official step only works for batch 1 (it stacks a 6-D velocity onto a 5-D latent and relies
 on broadcasting). Here every tensor carries its batch dimension and the solver's coefficients are scalars
-shared by the batch (one schedule for all samples), so a batch of B samples gives exactly the B results
-of B single-sample runs. The solver state is float32 (float64 when the noise is, for exact tests); the
-coefficients are computed in float64 from the float32 sigmas (the official computes them in float32; the
-difference is ~1e-7 relative).
+shared by the batch (one schedule for all samples), so a batch of B samples gives the results of B
+single-sample runs (bit for bit where the velocity model's own batching is). The solver state is float32
+(float64 when the noise is, for exact tests); the coefficients are computed in float64 from the float32
+sigmas (the official computes them in float32; the difference is ~1e-7 relative).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+# velocity(x_t [B, C, T, H, W] float32, timesteps [B, 1] float32 on the network's 0..1000 scale) -> v, like x_t.
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""velocity(x_t [B, C, T, H, W] float32, timesteps [B, 1] float32 on the network's 0..1000 scale) -> v [B, C, T, H, W]."""
 
 NUM_TRAIN_TIMESTEPS = 1000
 # EDM sigma range and Karras exponent of the post-trained model's schedule (reference §3.7).
@@ -54,7 +54,7 @@ class SamplerVariant:
 
 
 SAMPLER_VARIANTS = {
-    # The NeMo post-training experiment and the 2B/pre-trained model (also what a NeMo checkpoint runs with).
+    # The 2B/pre-trained model and the NeMo post-training experiment, hence every checkpoint trained with it.
     "pre-trained": SamplerVariant(karras_sigmas=False, conditional_frame_timestep=None),
     # The official default inference model 2B/post-trained (experiment `..._rf_with_edm_ckpt`).
     "post-trained": SamplerVariant(karras_sigmas=True, conditional_frame_timestep=0.1),

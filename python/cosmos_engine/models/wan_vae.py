@@ -124,7 +124,7 @@ class FeatureCache:
     def get(self, layer: nn.Module) -> torch.Tensor | None:
         return self._frames.get(layer)
 
-    def put(self, layer: nn.Module, frames: torch.Tensor | None) -> None:
+    def put(self, layer: nn.Module, frames: torch.Tensor) -> None:
         self._frames[layer] = frames
 
     def first_visit(self, layer: nn.Module) -> bool:

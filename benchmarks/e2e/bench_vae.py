@@ -1,0 +1,136 @@
+"""Benchmark the Wan2.1 VAE: encode and decode time and peak memory, untiled and tiled.
+
+The VAE has the real 2B structure and width (dim 96, 126.9 M parameters) with random weights (speed and
+memory do not depend on the values). Each point runs in its own child process. Memory is what the call
+adds: on the CPU the peak resident set size during the call (VmHWM, reset through /proc/self/clear_refs
+right before it) minus the resident size before it (model and input already there); on a GPU
+`torch.cuda.max_memory_allocated` minus the allocation before the call. The children use glibc's default
+allocator settings (not benchmarks.common.MALLOC_ENV): an allocator that keeps freed blocks would hide
+freed memory from the resident size, and the convolutions dominate the time anyway.
+
+The default points fit a few minutes on a 2-core CPU; one dim-96 encode of 17 frames at 256x448 is
+~10 TFLOP, minutes on such a CPU, so the large CPU point is a single frame. bf16 convolutions are
+very slow on CPUs without bf16 units, so the bf16 point is tiny. On a GPU pass e.g.
+`--device cuda --dtype bfloat16 --points 93x704x1280 --tiled both`.
+
+    python benchmarks/e2e/bench_vae.py [--points 17x64x64 1x256x448] [--tiled both] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.common import median, print_table, write_result  # noqa: E402
+from cosmos_engine.models.wan_vae import VAEConfig, WanVAE  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**10
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def run_point(op: str, frames: int, height: int, width: int, dtype: str, tiled: bool, tile_size: int,
+              tile_overlap: int, device: str, reps: int) -> dict:
+    """One measurement (in the child process): build the VAE, make the input, time `reps` calls."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    vae = WanVAE(VAEConfig()).to(dev, DTYPES[dtype]).eval()
+    if op == "encode":
+        x = torch.rand(1, 3, frames, height, width, device=dev) * 2 - 1
+        fn = vae.encode
+    else:
+        x = torch.randn(1, 16, 1 + (frames - 1) // 4, height // 8, width // 8, device=dev)
+        fn = vae.decode
+    kwargs = dict(tiled=tiled, tile_size=tile_size, tile_overlap=tile_overlap)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        before = _status_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from the current size
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(x, **kwargs)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak = _status_mb("VmHWM")
+    return {"times_s": times, "peak_mb": peak, "before_mb": before, "peak_minus_before_mb": peak - before}
+
+
+def parse_point(text: str) -> tuple[int, int, int]:
+    frames, height, width = (int(v) for v in text.lower().split("x"))
+    if (frames - 1) % 4 or height % 8 or width % 8:
+        raise argparse.ArgumentTypeError(f"point {text!r}: frames must be 1 + 4k and height/width multiples of 8")
+    return frames, height, width
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=parse_point, nargs="+", default=[(17, 64, 64), (1, 256, 448)],
+                        help="FRAMESxHEIGHTxWIDTH of the pixel video (fp32 points)")
+    parser.add_argument("--bf16-points", type=parse_point, nargs="*", default=[(1, 64, 64)],
+                        help="points also run with bf16 weights and activations (untiled)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of --points")
+    parser.add_argument("--tiled", default="both", choices=["no", "yes", "both"])
+    parser.add_argument("--tile-size", type=int, default=256, help="pixels")
+    parser.add_argument("--tile-overlap", type=int, default=200, help="pixels (200 = exact for the 2B structure)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_point(**json.loads(args.child))))
+        return
+
+    tilings = {"no": [False], "yes": [True], "both": [False, True]}[args.tiled]
+    # tiling a frame no larger than one tile is the untiled computation; skip those points
+    plan = [(p, args.dtype, t) for p in args.points for t in tilings if not t or max(p[1:]) > args.tile_size]
+    plan += [(p, "bfloat16", False) for p in args.bf16_points]
+    rows, results = [], []
+    for (frames, height, width), dtype, tiled in plan:
+        for op in ("encode", "decode"):
+            spec = dict(op=op, frames=frames, height=height, width=width, dtype=dtype, tiled=tiled,
+                        tile_size=args.tile_size, tile_overlap=args.tile_overlap, device=args.device, reps=args.reps)
+            child = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
+                                   capture_output=True, text=True)
+            result = {**spec, **json.loads(child.stdout.strip().splitlines()[-1])}
+            results.append(result)
+            seconds = median(result["times_s"])
+            rows.append({"op": op, "video": f"{frames}x{height}x{width}", "dtype": dtype,
+                         "tiled": f"{args.tile_size}/{args.tile_overlap}" if tiled else "no",
+                         "seconds": seconds, "pixel_frames/s": frames * height * width / seconds,
+                         "peak_mb": result["peak_mb"], "peak_minus_before_mb": result["peak_minus_before_mb"]})
+            print(f"{op} {rows[-1]['video']} {dtype} tiled={rows[-1]['tiled']}: {seconds:.2f} s, "
+                  f"+{result['peak_minus_before_mb']:.0f} MB", flush=True)
+    device = torch.device(args.device)
+    path = write_result("vae", device, {
+        "benchmark": "Wan2.1 VAE encode/decode (dim 96, random weights), one child process per point",
+        "memory": "CPU: VmHWM during the call (reset before it) minus VmRSS before it, default glibc malloc; "
+                  "GPU: max_memory_allocated minus memory_allocated before the call",
+        "results": results})
+    print_table(rows, ["op", "video", "dtype", "tiled", "seconds", "pixel_frames/s", "peak_mb", "peak_minus_before_mb"])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

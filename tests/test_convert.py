@@ -1,0 +1,215 @@
+"""`cosmos-engine convert`: the official converter's three files from a DCP checkpoint, atomically."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from cosmos_engine import convert
+from cosmos_engine.cli import main
+from cosmos_engine.errors import CheckpointError
+from tests.conftest import REFERENCE_DIR, load_reference_case
+
+OUTPUTS = ["model.pt", "model_ema_fp32.pt", "model_ema_bf16.pt"]
+
+
+def save_dcp(state: dict, folder: Path) -> Path:
+    """torch.distributed.checkpoint.save in this single process, without a process group."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save(state, checkpoint_id=folder, no_dist=True)
+    return folder
+
+
+def trainer_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """What the trainer's model/ folder holds: net.* in bf16, net_ema.* in fp32, an int64 buffer in both."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for prefix, dtype in (("net.", torch.bfloat16), ("net_ema.", torch.float32)):
+        state[prefix + "accum_iteration"] = torch.tensor(10 + seed)
+        state[prefix + "blocks.0.mlp.layer1.weight"] = torch.randn(6, 4, generator=g).to(dtype)
+        state[prefix + "final_layer.linear.weight"] = torch.randn(8, 6, generator=g).to(dtype)
+    return state
+
+
+def make_run(tmp_path: Path) -> Path:
+    """A run folder with two checkpoints; latest_checkpoint.txt names the second."""
+    run = tmp_path / "run"
+    for iteration in (5, 10):
+        save_dcp(trainer_state(seed=iteration), run / "checkpoints" / f"iter_{iteration:09d}" / "model")
+    (run / "checkpoints" / "latest_checkpoint.txt").write_text("iter_000000010\n")
+    return run
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def stray_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------------------- official parity
+
+
+def test_case_e_official_conversion(tmp_path):
+    case = load_reference_case("dcp_to_pt.pt")
+    with tarfile.open(REFERENCE_DIR / case["config"]["tarball"]) as tar:
+        tar.extractall(tmp_path, filter="data")
+    iteration = tmp_path / "iter_000000200"
+
+    written = convert.convert_checkpoint(iteration)
+
+    assert written == [iteration / name for name in OUTPUTS]
+    assert stray_files(iteration) == []
+    for name in OUTPUTS:
+        got, listing, tensors = load(iteration / name), case["outputs"][name], case["outputs"][f"{name}:tensors"]
+        assert list(got) == list(listing)  # same keys, same order
+        for key, spec in listing.items():
+            assert str(got[key].dtype) == spec["dtype"] and list(got[key].shape) == spec["shape"], key
+            assert torch.equal(got[key], tensors[key]), key
+
+
+# --------------------------------------------------------------------------------- our own round trip, folders
+
+
+def test_round_trip_from_a_run_folder(tmp_path):
+    run = make_run(tmp_path)
+    latest = run / "checkpoints" / "iter_000000010"
+    saved = trainer_state(seed=10)
+
+    written = convert.convert_checkpoint(run)  # default: the latest checkpoint, files beside its model/
+
+    assert written == [latest / name for name in OUTPUTS]
+    model = load(latest / "model.pt")
+    assert list(model) == list(saved)
+    assert all(model[k].dtype == v.dtype and torch.equal(model[k], v) for k, v in saved.items())
+    ema_fp32, ema_bf16 = load(latest / "model_ema_fp32.pt"), load(latest / "model_ema_bf16.pt")
+    assert list(ema_fp32) == list(ema_bf16) == ["net.accum_iteration", "net.blocks.0.mlp.layer1.weight",
+                                                "net.final_layer.linear.weight"]
+    for key in ema_fp32:
+        original = saved[key.replace("net.", "net_ema.", 1)]
+        assert ema_fp32[key].dtype == original.dtype and torch.equal(ema_fp32[key], original)
+        assert torch.equal(ema_bf16[key], original.to(torch.bfloat16) if original.is_floating_point() else original)
+    assert ema_bf16["net.accum_iteration"].dtype == torch.int64
+    assert not list((run / "checkpoints" / "iter_000000005").glob("*.pt"))
+
+
+@pytest.mark.parametrize("given", ["", "checkpoints", "checkpoints/iter_000000010", "checkpoints/iter_000000010/model"])
+def test_every_folder_level_names_the_same_checkpoint(tmp_path, given):
+    run = make_run(tmp_path)
+    assert convert.find_model_dir(run / given) == run / "checkpoints" / "iter_000000010" / "model"
+
+
+def test_explicit_output_folder(tmp_path):
+    run = make_run(tmp_path)
+    out = tmp_path / "exported" / "step10"
+    assert main(["convert", str(run / "checkpoints" / "iter_000000010" / "model"), str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+
+def test_no_ema(tmp_path):
+    model_dir = save_dcp({k: v for k, v in trainer_state().items() if k.startswith("net.")}, tmp_path / "it" / "model")
+    with pytest.raises(CheckpointError, match="no 'net_ema.\\*' keys.*--no-ema"):
+        convert.convert_checkpoint(model_dir)
+    assert not list((tmp_path / "it").glob("*.pt"))
+    (tmp_path / "it" / "model_ema_bf16.pt").write_bytes(b"stale")
+    assert convert.convert_checkpoint(model_dir, ema=False) == [tmp_path / "it" / "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "it").glob("*.pt")) == ["model.pt"]
+
+
+# ------------------------------------------------------------------------------------------------- atomicity
+
+
+def test_an_existing_file_is_replaced_only_by_a_complete_one(tmp_path, monkeypatch):
+    run = make_run(tmp_path)
+    iteration = run / "checkpoints" / "iter_000000010"
+    for name in OUTPUTS:
+        (iteration / name).write_bytes(b"previous")
+    real_save, calls = torch.save, []
+
+    def save_then_fail_on_the_third_file(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            f.write(b"half a file")
+            raise OSError(28, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_fail_on_the_third_file)
+    with pytest.raises(OSError, match="No space left"):
+        convert.convert_checkpoint(iteration)
+    assert (iteration / "model_ema_bf16.pt").read_bytes() == b"previous"
+    assert "net_ema.accum_iteration" in load(iteration / "model.pt")
+    assert stray_files(iteration) == []
+
+    monkeypatch.setattr(torch, "save", real_save)
+    convert.convert_checkpoint(iteration)
+    assert load(iteration / "model_ema_bf16.pt")["net.final_layer.linear.weight"].dtype == torch.bfloat16
+    assert stray_files(iteration) == []
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def bad_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (folder, text the error must contain)."""
+    no_metadata = tmp_path / "iter_000000001" / "model"
+    no_metadata.mkdir(parents=True)
+    (no_metadata / "__0_0.distcp").write_bytes(b"")
+    optim = save_dcp({"state.net.w.exp_avg": torch.zeros(2), "param_groups.net.w.lr": torch.tensor(1e-4)},
+                     tmp_path / "iter_000000002" / "optim")
+    return {
+        "missing": (tmp_path / "nowhere", "no such checkpoint folder"),
+        "without .metadata": (no_metadata.parent, "no .metadata file"),
+        "empty folder": (tmp_path, "not a DCP checkpoint"),
+        "wrong keys": (optim, "'state.net.w.exp_avg'"),
+    }
+
+
+def test_errors_name_the_folder(tmp_path):
+    for what, (folder, text) in bad_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            convert.convert_checkpoint(folder)
+        assert text in str(info.value) and str(folder) in str(info.value), (what, str(info.value))
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    for what, (folder, text) in bad_checkpoints(tmp_path).items():
+        assert main(["convert", str(folder)]) == 2, what
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cosmos-engine convert: error: ") and text in lines[0], lines
+
+
+def test_latest_checkpoint_naming_a_missing_folder(tmp_path):
+    (tmp_path / "latest_checkpoint.txt").write_text("iter_000000400\n")
+    with pytest.raises(CheckpointError, match="latest_checkpoint.txt: names 'iter_000000400'"):
+        convert.find_model_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------------------- untrusted pickles
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this must not run",))
+
+
+def test_pickled_objects_need_trust(tmp_path):
+    state = {**trainer_state(), "net.blocks.0.layer._extra_state": io.BytesIO(b"te")}
+    model_dir = save_dcp(state, tmp_path / "it" / "model")
+    with pytest.raises(CheckpointError, match="'net.blocks.0.layer._extra_state'.*--trust-checkpoint"):
+        convert.convert_checkpoint(model_dir)
+    convert.convert_checkpoint(model_dir, trust_checkpoint=True)
+    model = torch.load(tmp_path / "it" / "model.pt", weights_only=False)
+    assert model["net.blocks.0.layer._extra_state"].getvalue() == b"te"
+
+    (model_dir / ".metadata").write_bytes(pickle.dumps(RunsCode()))
+    with pytest.raises(CheckpointError, match="refusing to load builtins.print"):
+        convert.convert_checkpoint(model_dir)
