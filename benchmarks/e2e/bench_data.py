@@ -2,12 +2,16 @@
 
 1. Frames per second to turn a window of a generated 1280x720 H.264 clip (yuv420p, crf 18, 16 fps) into
    the training tensor float32 [3, 93, 704, 1280] in [-1, 1]:
-   * "pyav": our CPU path (`PyAVDecoder.read_window`: seek + threaded FFmpeg decode + chunked resize);
+   * "pyav": our CPU path (`PyAVDecoder.read_frames`: seek + threaded FFmpeg decode; `resize_frames`;
+     `to_unit_range`, which training does on the GPU but is timed here on the CPU for both providers);
    * "decord": the official path (decord `VideoReader(num_threads=2).get_batch`, then per frame /255,
      bilinear antialiased resize, truncation to uint8, /127.5 - 1), when decord is installed.
-   Each is also timed decode-only (uint8 frames, no resize). Starts cycle over 0, 3 and 7.
+   Each is also timed decode-only (uint8 frames, no resize), and ours up to the uint8 window, which is
+   what a DataLoader worker does. Starts cycle over 0, 3 and 7.
 2. Seconds per training sample with the latent cache: reading one cached latent of the real size
-   (16 x 24 x 88 x 160 bf16, 10.8 MB) from a safetensors file, against the online path's data cost
+   (16 x 24 x 88 x 160 bf16, 10.8 MB) from a safetensors file (page cache warm) and stacking it into a
+   batch as the DataLoader's collate does (safetensors maps the file lazily; the stack makes every byte
+   be read), against the online path's data cost
    (decode + resize from 1.) which must then still run the VAE encoder; that encoder's cost is not measured
    here (it needs the real VAE and a GPU) and is reported as null.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +37,7 @@ from benchmarks.common import median, print_table, time_fn, write_result  # noqa
 from cosmos_engine.data.cache import LatentCache, LatentKey  # noqa: E402
 from cosmos_engine.data.decode_pyav import PyAVDecoder  # noqa: E402
 from cosmos_engine.data.synthetic import render_clip  # noqa: E402
-from cosmos_engine.data.video_io import write_video  # noqa: E402
+from cosmos_engine.data.video_io import resize_frames, to_unit_range, write_video  # noqa: E402
 
 HEIGHT, WIDTH = 704, 1280
 STARTS = (0, 3, 7)
@@ -79,7 +84,10 @@ def main() -> None:
         paths = {
             "pyav": {
                 "decode": lambda s: pyav.read_frames(clip, range(s, s + args.window)),
-                "decode+resize": lambda s: pyav.read_window(clip, s, args.window, HEIGHT, WIDTH),
+                "decode+resize to uint8 (worker)": lambda s: resize_frames(
+                    pyav.read_frames(clip, range(s, s + args.window)), HEIGHT, WIDTH),
+                "decode+resize": lambda s: to_unit_range(resize_frames(
+                    pyav.read_frames(clip, range(s, s + args.window)), HEIGHT, WIDTH)),
             },
         }
         if importlib.util.find_spec("decord") is not None:
@@ -98,7 +106,7 @@ def main() -> None:
         key = LatentKey("0" * 64, 0, args.window, HEIGHT, WIDTH, "bench")
         latent_frames = 1 + (args.window - 1) // 4
         cache.store(key, torch.randn(16, latent_frames, HEIGHT // 8, WIDTH // 8).to(torch.bfloat16))
-        times = time_fn(lambda: cache.load(key), cpu, warmup=2, reps=args.reps)
+        times = time_fn(lambda: torch.stack([cache.load(key)]), cpu, warmup=2, reps=args.reps)
         online = next(r for r in rows if r["case"] == "pyav decode+resize")["seconds_per_window"]
         samples = [
             {"case": "cache on: read latent", "seconds_per_sample": median(times), "times": times},
@@ -112,11 +120,13 @@ def main() -> None:
     print()
     print_table(samples, ["case", "seconds_per_sample"])
     path = write_result("data", cpu, {
+        "load_average_1_5_15min": list(os.getloadavg()),
         "clip": {"width": 1280, "height": 720, "frames": args.frames, "codec": "h264 yuv420p crf 18", "fps": 16},
         "window": {"frames": args.window, "height": HEIGHT, "width": WIDTH, "starts": list(STARTS)},
         "decode": rows, "per_sample": samples,
         "notes": "decord is the official decoder (num_threads=2); the VAE encode cost of the online path is "
-                 "not measured here (null): it needs the real VAE on a GPU",
+                 "not measured here (null): it needs the real VAE on a GPU. A load average above the thread "
+                 "count means other processes shared the CPU during the run.",
     })
     print(f"\nwrote {path}")
 

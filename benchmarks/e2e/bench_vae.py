@@ -1,17 +1,21 @@
 """Benchmark the Wan2.1 VAE: encode and decode time and peak memory, untiled and tiled.
 
-The VAE has the real 2B structure and width (dim 96, 126.9 M parameters) with random weights (speed and
-memory do not depend on the values). Each point runs in its own child process. Memory is what the call
-adds: on the CPU the peak resident set size during the call (VmHWM, reset through /proc/self/clear_refs
-right before it) minus the resident size before it (model and input already there); on a GPU
-`torch.cuda.max_memory_allocated` minus the allocation before the call. The children use glibc's default
-allocator settings (not benchmarks.common.MALLOC_ENV): an allocator that keeps freed blocks would hide
-freed memory from the resident size, and the convolutions dominate the time anyway.
+The timed VAE has the real 2B structure and width (dim 96, 126.9 M parameters) with random weights (speed
+and memory do not depend on the values). A 720p frame is far too slow for dim 96 on a small CPU, so the
+memory-scaling point (1 x 704 x 1280, untiled vs 512-px tiles) uses the same structure at dim 16: it
+shows how peak memory follows the frame or the tile size.
 
-The default points fit a few minutes on a 2-core CPU; one dim-96 encode of 17 frames at 256x448 is
-~10 TFLOP, minutes on such a CPU, so the large CPU point is a single frame. bf16 convolutions are
-very slow on CPUs without bf16 units, so the bf16 point is tiny. On a GPU pass e.g.
-`--device cuda --dtype bfloat16 --points 93x704x1280 --tiled both`.
+Each point runs in its own child process. Memory is what the call adds: on the CPU the peak resident set
+size during the call (VmHWM, reset through /proc/self/clear_refs right before it) minus the resident size
+before it (model and input already there); on a GPU `torch.cuda.max_memory_allocated` minus the allocation
+before the call. The children use glibc's default allocator settings (not benchmarks.common.MALLOC_ENV):
+an allocator that keeps freed blocks would hide freed memory from the resident size, and the
+convolutions dominate the time anyway.
+
+The default points fit a few minutes on a 2-core CPU: one dim-96 encode of 17 frames at 256x448 is
+~10 TFLOP, minutes on such a CPU, so the large dim-96 point is a single frame; bf16 convolutions are very
+slow on CPUs without bf16 units, so the bf16 point is tiny. On a GPU pass e.g.
+`--device cuda --dtype bfloat16 --points 93x704x1280 --tile-size 512 --bf16-points --memory-points`.
 
     python benchmarks/e2e/bench_vae.py [--points 17x64x64 1x256x448] [--tiled both] [--device cpu]
 """
@@ -43,12 +47,12 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def run_point(op: str, frames: int, height: int, width: int, dtype: str, tiled: bool, tile_size: int,
+def run_point(op: str, frames: int, height: int, width: int, dim: int, dtype: str, tiled: bool, tile_size: int,
               tile_overlap: int, device: str, reps: int) -> dict:
     """One measurement (in the child process): build the VAE, make the input, time `reps` calls."""
     dev = torch.device(device)
     torch.manual_seed(0)
-    vae = WanVAE(VAEConfig()).to(dev, DTYPES[dtype]).eval()
+    vae = WanVAE(VAEConfig(dim=dim)).to(dev, DTYPES[dtype]).eval()
     if op == "encode":
         x = torch.rand(1, 3, frames, height, width, device=dev) * 2 - 1
         fn = vae.encode
@@ -86,14 +90,19 @@ def parse_point(text: str) -> tuple[int, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=parse_point, nargs="+", default=[(17, 64, 64), (1, 256, 448)],
-                        help="FRAMESxHEIGHTxWIDTH of the pixel video (fp32 points)")
-    parser.add_argument("--bf16-points", type=parse_point, nargs="*", default=[(1, 64, 64)],
-                        help="points also run with bf16 weights and activations (untiled)")
+    parser.add_argument("--points", type=parse_point, nargs="*", default=[(17, 64, 64), (1, 256, 448)],
+                        help="FRAMESxHEIGHTxWIDTH of the pixel video, dim-96 VAE in --dtype")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of --points")
     parser.add_argument("--tiled", default="both", choices=["no", "yes", "both"])
     parser.add_argument("--tile-size", type=int, default=256, help="pixels")
     parser.add_argument("--tile-overlap", type=int, default=200, help="pixels (200 = exact for the 2B structure)")
+    parser.add_argument("--bf16-points", type=parse_point, nargs="*", default=[(1, 64, 64)],
+                        help="dim-96 points run with bf16 weights and activations (untiled)")
+    parser.add_argument("--memory-points", type=parse_point, nargs="*", default=[(1, 704, 1280)],
+                        help="points run untiled and tiled with a narrow VAE (--memory-dim) to show how peak "
+                             "memory scales with the frame size at a size a CPU can afford")
+    parser.add_argument("--memory-dim", type=int, default=16)
+    parser.add_argument("--memory-tile-size", type=int, default=512, help="pixels")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -103,32 +112,38 @@ def main() -> None:
         return
 
     tilings = {"no": [False], "yes": [True], "both": [False, True]}[args.tiled]
-    # tiling a frame no larger than one tile is the untiled computation; skip those points
-    plan = [(p, args.dtype, t) for p in args.points for t in tilings if not t or max(p[1:]) > args.tile_size]
-    plan += [(p, "bfloat16", False) for p in args.bf16_points]
+    plan = []  # (point, dim, dtype, tile size or None)
+    for point in args.points:
+        # tiling a frame no larger than one tile is the untiled computation; skip those points
+        plan += [(point, 96, args.dtype, args.tile_size if tiled else None) for tiled in tilings
+                 if not tiled or max(point[1:]) > args.tile_size]
+    plan += [(point, 96, "bfloat16", None) for point in args.bf16_points]
+    plan += [(point, args.memory_dim, "float32", tile) for point in args.memory_points
+             for tile in (None, args.memory_tile_size)]
     rows, results = [], []
-    for (frames, height, width), dtype, tiled in plan:
+    for (frames, height, width), dim, dtype, tile_size in plan:
         for op in ("encode", "decode"):
-            spec = dict(op=op, frames=frames, height=height, width=width, dtype=dtype, tiled=tiled,
-                        tile_size=args.tile_size, tile_overlap=args.tile_overlap, device=args.device, reps=args.reps)
+            spec = dict(op=op, frames=frames, height=height, width=width, dim=dim, dtype=dtype,
+                        tiled=tile_size is not None, tile_size=tile_size or args.tile_size,
+                        tile_overlap=args.tile_overlap, device=args.device, reps=args.reps)
             child = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True,
                                    capture_output=True, text=True)
             result = {**spec, **json.loads(child.stdout.strip().splitlines()[-1])}
             results.append(result)
             seconds = median(result["times_s"])
-            rows.append({"op": op, "video": f"{frames}x{height}x{width}", "dtype": dtype,
-                         "tiled": f"{args.tile_size}/{args.tile_overlap}" if tiled else "no",
+            rows.append({"op": op, "video": f"{frames}x{height}x{width}", "dim": dim, "dtype": dtype,
+                         "tiled": f"{tile_size}/{args.tile_overlap}" if tile_size else "no",
                          "seconds": seconds, "pixel_frames/s": frames * height * width / seconds,
                          "peak_mb": result["peak_mb"], "peak_minus_before_mb": result["peak_minus_before_mb"]})
-            print(f"{op} {rows[-1]['video']} {dtype} tiled={rows[-1]['tiled']}: {seconds:.2f} s, "
+            print(f"{op} {rows[-1]['video']} dim={dim} {dtype} tiled={rows[-1]['tiled']}: {seconds:.2f} s, "
                   f"+{result['peak_minus_before_mb']:.0f} MB", flush=True)
-    device = torch.device(args.device)
-    path = write_result("vae", device, {
-        "benchmark": "Wan2.1 VAE encode/decode (dim 96, random weights), one child process per point",
+    path = write_result("vae", torch.device(args.device), {
+        "benchmark": "Wan2.1 VAE encode/decode (2B structure, random weights), one child process per point",
         "memory": "CPU: VmHWM during the call (reset before it) minus VmRSS before it, default glibc malloc; "
                   "GPU: max_memory_allocated minus memory_allocated before the call",
         "results": results})
-    print_table(rows, ["op", "video", "dtype", "tiled", "seconds", "pixel_frames/s", "peak_mb", "peak_minus_before_mb"])
+    print_table(rows, ["op", "video", "dim", "dtype", "tiled", "seconds", "pixel_frames/s", "peak_mb",
+                       "peak_minus_before_mb"])
     print(f"wrote {path}")
 
 

@@ -94,7 +94,7 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset folder to write (videos/, metas/, manifest.json)")
     p.add_argument("--prompt", help='caption for every video, e.g. "A video of sks teal robot."')
     p.add_argument("--num-frames", type=int, default=None,
-                   help="shortest usable video, in frames: the recipe's data.num_frames (default 93; --frames with --synthetic)")
+                   help="shortest usable video, in frames: the recipe's data.num_frames (default 93)")
     p.add_argument("--skip-bad", action="store_true", help="prepare the good videos and list the unusable ones")
     p.add_argument("--copy", action="store_true", help="copy videos even where a hard link is possible")
     g = p.add_argument_group("synthetic clips (no download)")
@@ -112,6 +112,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if (args.src is None) == (args.synthetic is None):
         raise UserError("give either SRC (a folder of videos) or --synthetic N, not both or neither")
+    if args.synthetic is not None and args.num_frames is not None:
+        raise UserError("--num-frames applies to SRC videos; synthetic clips are checked against --frames")
     if args.synthetic is not None:
         height, width = args.size
         result = prepare_synthetic(args.out, count=args.synthetic, seed=args.seed, frames=args.frames, height=height,

@@ -82,6 +82,17 @@ def test_2b_flavor_has_the_official_keys_and_shapes():
     assert sum(1 for _ in net.buffers()) == 7
 
 
+def test_patchify_is_channel_major():
+    """Feature c*4 + m*2 + n of the 1x2x2 patch holds channel c at row offset m, column offset n."""
+    net = CosmosDiT(dit_config("tiny"))
+    c, m, n = torch.meshgrid(torch.arange(18), torch.arange(2), torch.arange(2), indexing="ij")
+    code = (100 * c + 10 * m + n).float()                                     # [18, 2, 2]
+    x = code[:, None, None, :, None, :].expand(18, 1, 3, 2, 5, 2).reshape(1, 18, 1, 6, 10)  # 3x5 patches
+    patches = net.x_embedder.proj[0](x)                                       # [1, 1, 3, 5, 72]
+    assert patches.shape == (1, 1, 3, 5, 72)
+    assert torch.equal(patches[0, 0, 1, 2], code.flatten())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Case A: parity with the official network
 # ----------------------------------------------------------------------------------------------------------------------

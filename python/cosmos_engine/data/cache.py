@@ -172,8 +172,8 @@ class LatentCache:
         """Encode every missing or unreadable entry of `dataset`'s windows and captions.
 
         With several ranks each encodes every world_size-th missing entry; the caller must wait for all
-        ranks (a barrier) before training reads the cache. Decoding runs in `num_workers` DataLoader workers
-        while the VAE encodes, under `torch.inference_mode`.
+        ranks (a barrier) before training reads the cache. A CPU decoder runs in `num_workers` DataLoader
+        workers while the VAE encodes, under `torch.inference_mode`.
         """
         stats = BuildStats()
         windows = [(i, start) for i, record in enumerate(dataset.records)
@@ -192,8 +192,9 @@ class LatentCache:
                 self.store(TextKey(prompt, text_encoder.identity), text_encoder.encode([prompt])[0])
                 stats.texts_encoded += 1
             if latent_todo:
-                videos = DataLoader(_WindowVideos(dataset, latent_todo), batch_size=1, num_workers=num_workers,
-                                    pin_memory=device.type == "cuda" and dataset.decoder.device.type == "cpu")
+                on_cpu = dataset.decoder.device.type == "cpu"  # a GPU decoder cannot run in forked workers
+                videos = DataLoader(_WindowVideos(dataset, latent_todo), batch_size=1,
+                                    num_workers=num_workers if on_cpu else 0, pin_memory=device.type == "cuda" and on_cpu)
                 progress = tqdm(zip(latent_todo, videos), total=len(latent_todo), desc="caching latents", unit="window",
                                 disable=None)
                 for (i, start), video in progress:

@@ -9,9 +9,10 @@ Sampling, compared with the official `VideoDataset` + `DistributedSampler` (refe
   and no aspect preservation, then truncated to uint8 (`video_io.resize_frames`). Items stay uint8, as the
   official dataset's; `TimedLoader` maps them to [-1, 1] float32 after the copy to the training device,
   so workers, shared memory, pinned buffers and the PCIe bus carry a quarter of the bytes.
-  The issue asks for frames "resized and cropped"; we follow the official code instead because the
-  checkpoints were post-trained on squashed frames (a 1280x720 clip becomes 1280x704, a 2 % squash), and a
-  crop would shift the training distribution. Inference, by contrast, resizes to cover and center-crops.
+  The issue asks for frames "resized and cropped"; we follow the official training code instead (a
+  1280x720 clip becomes 1280x704, a 2 % vertical squash), so that post-training here sees the frames the
+  official recipe shows the model and results stay comparable. (Official inference, by contrast, resizes
+  to cover and center-crops its conditioning frames.)
 * Videos are visited in a permutation shared by all ranks (seeded by `seed` and the epoch) and split across
   ranks, as `DistributedSampler(shuffle=True, seed=seed)` does, but the epoch advances (the official never
   calls `set_epoch`, so it repeats one order forever). The sampler is infinite: epochs follow each other.
@@ -38,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cosmos_engine.data.decode_dali import DALIDecoder, dali_available
+from cosmos_engine.data.decode_pyav import PyAVDecoder
 from cosmos_engine.data.prepare import VideoEntry, read_manifest
 from cosmos_engine.data.video_io import probe_video, resize_frames, sha256_file, to_unit_range
 from cosmos_engine.errors import DatasetError
@@ -58,9 +61,6 @@ class Decoder(Protocol):
 
 def make_decoder(name: str) -> Decoder:
     """"pyav", "dali", or "auto": DALI when a GPU and nvidia-dali are present, else PyAV (logged)."""
-    from cosmos_engine.data.decode_dali import DALIDecoder, dali_available
-    from cosmos_engine.data.decode_pyav import PyAVDecoder
-
     if name == "auto":
         name = "dali" if dali_available() else "pyav"
         log.info("video decoder: %s (%s)", name, "GPU NVDEC via DALI" if name == "dali" else

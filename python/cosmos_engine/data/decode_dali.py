@@ -41,7 +41,7 @@ class DALIDecoder:
 
     name = "dali"
 
-    def __init__(self, device: torch.device | int | None = None, num_threads: int = 2) -> None:
+    def __init__(self, device_index: int | None = None, num_threads: int = 2) -> None:
         try:
             from nvidia.dali import fn, pipeline_def, types
             from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -51,7 +51,7 @@ class DALIDecoder:
             raise UserError('decoder "dali" needs a CUDA GPU; use decoder = "pyav" on this machine')
         if not hasattr(fn, "decoders") or not hasattr(fn.decoders, "video"):
             raise UserError("this nvidia-dali has no fn.decoders.video; install a release that has it (2.x)")
-        self.device = torch.device("cuda", torch.cuda.current_device() if device is None else torch.device(device).index or 0)
+        self.device = torch.device("cuda", torch.cuda.current_device() if device_index is None else device_index)
         self._feed_ndarray = feed_ndarray
 
         @pipeline_def(batch_size=1, num_threads=num_threads, device_id=self.device.index, prefetch_queue_depth=1)

@@ -195,7 +195,8 @@ def trunc_normal_(weight: torch.Tensor, std: float) -> None:
 
 
 class Patchify(nn.Module):
-    """[B, C, T*r, H*m, W*n] -> [B, T, H, W, C*r*m*n], feature index c*(r*m*n) + r*(m*n) + m*n + n (channel-major).
+    """[B, C, T*r, H*p, W*p] -> [B, T, H, W, C*r*p*p], channel-major: the feature of channel c, frame offset i,
+    row offset m and column offset n is ((c*r + i)*p + m)*p + n (c*4 + m*2 + n for the 1x2x2 patch).
 
     Index 0 of `x_embedder.proj` (the official einops Rearrange), so the Linear keeps its key `proj.1`."""
 

@@ -6,7 +6,8 @@ What the official does, all reproduced here (reference/vae_data_io.md §2):
   from a local folder in the Hugging Face layout (config.json, tokenizer files, *.safetensors).
 * Each caption becomes the conversation [system: SYSTEM_PROMPT, user: caption], rendered with the
   folder's chat template (no generation prompt, no vision ids) and tokenized without padding; with the
-  Qwen2-VL template that is `<|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n<|im_start|>user\\n{caption}<|im_end|>\\n`.
+  Qwen2-VL template that is
+  `<|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n<|im_start|>user\\n{caption}<|im_end|>\\n`.
 * Token ids are right-padded with the pad token to NUM_TOKENS = 512, or cut to the first 512 (which drops
   the closing `<|im_end|>`). The language model runs without an attention mask (causal over all 512
   positions, pads included) at positions 0..511.
@@ -183,7 +184,8 @@ def _load_language_model(folder: Path, dtype: torch.dtype, device: torch.device)
         if names:
             problems.append(f"{len(names)} {what}: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
     if problems:
-        raise CheckpointError(f"{folder}: the language model weights do not match its config.json: " + "; ".join(problems))
+        raise CheckpointError(f"{folder}: the language model weights do not match its config.json: "
+                              + "; ".join(problems))
     model = full.model.language_model
     del full
     return model.to(device).eval().requires_grad_(False)

@@ -608,8 +608,9 @@ class WanVAE(nn.Module):
             raise TypeError(f"WanVAE.encode: 'video' must be a floating-point tensor in [-1, 1], got {video.dtype}")
         t, h, w = video.shape[2:]
         if (t - 1) % tf:
+            below = 1 + tf * ((t - 1) // tf)
             raise ValueError(f"WanVAE.encode: 'video' of shape {tuple(video.shape)} has T={t} frames; the causal "
-                             f"VAE needs 1 + {tf}k frames (e.g. {1 + tf * ((t - 1) // tf)} or {1 + tf * ((t - 1) // tf + 1)})")
+                             f"VAE needs 1 + {tf}k frames (e.g. {below} or {below + tf})")
         if h % f or w % f or h == 0 or w == 0:
             raise ValueError(f"WanVAE.encode: 'video' of shape {tuple(video.shape)} has H={h}, W={w}; both must be "
                              f"positive multiples of {f}")

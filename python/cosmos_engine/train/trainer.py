@@ -1,0 +1,213 @@
+"""`cosmos-engine run`: rectified-flow post-training of the Video2World DiT, resumable after any crash.
+
+Build order (torchtitan's): the DiT on the meta device -> activation checkpointing -> FSDP2 per block and
+then the root on a (replicate, shard) mesh (several ranks) -> materialize -> load the initial weights
+(or the official random init) -> fp32 EMA copy -> AdamW + schedule -> resume from the run's newest
+complete checkpoint. The frozen VAE and text encoder sit outside the sharded DiT; with `cache = "windows"`
+they run once per window and caption before the first step, never inside it.
+
+Each step: batch (cached latents + text embeddings) -> the step's random draws from one CPU generator
+(restored on resume) -> loss -> backward -> clip -> AdamW -> LR schedule -> EMA -> metrics -> checkpoint
+every `save_every` steps and at the end. A non-finite loss stops the run, naming the step; the last
+checkpoint, written before it, is intact.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
+
+from cosmos_engine.config.schema import CheckpointConfig, DataConfig, JobConfig, ModelConfig, TrainConfig
+from cosmos_engine.errors import UserError
+from cosmos_engine.models.flavors import dit_config
+from cosmos_engine.models.state_dict import build_dit
+from cosmos_engine.parallel.parallelize import apply_activation_checkpointing, apply_fsdp
+from cosmos_engine.train import ema as ema_lib
+from cosmos_engine.train import optim, step as step_lib
+from cosmos_engine.train.checkpoint import CheckpointManager
+from cosmos_engine.train.data import TrainingData, build_training_data
+from cosmos_engine.train.metrics import MetricsProcessor, StepTimes, dit_forward_flops
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_ROOT = "/tmp/imaginaire4-output"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def run_dir_for(job: JobConfig) -> Path:
+    """$IMAGINAIRE_OUTPUT_ROOT/PROJECT/GROUP/NAME, as the official trainer lays out its jobs."""
+    root = job.output_root or os.environ.get("IMAGINAIRE_OUTPUT_ROOT", DEFAULT_OUTPUT_ROOT)
+    return Path(root) / job.project / job.group / job.name
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """One process, or one rank of a torchrun job (gloo on the CPU, NCCL on GPUs)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Distributed(rank, world_size, device)
+
+
+class Diffusion(nn.Module):
+    """The trained network and its EMA under the official checkpoint names `net.*` and `net_ema.*`."""
+
+    def __init__(self, net: nn.Module, net_ema: nn.Module | None):
+        super().__init__()
+        self.net = net
+        if net_ema is not None:
+            self.net_ema = net_ema
+
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed) -> Diffusion:
+    """The DiT (weights loaded or initialised), checkpointed, sharded when there are several ranks, plus the
+    fp32 EMA copy. With train.precision "fp32" or "fp32-master" the parameters are fp32."""
+    dtype = _DTYPES[model_cfg.dtype] if train_cfg.precision == "bf16" else torch.float32
+    cfg = dit_config(model_cfg.flavor)
+    net = build_dit(cfg, model_cfg.checkpoint or None, device=dist_info.device, dtype=dtype)
+    net_ema = copy.deepcopy(net).float().requires_grad_(False) if train_cfg.ema else None
+    apply_activation_checkpointing(net, model_cfg.activation_checkpointing)
+    if dist_info.world_size > 1:
+        apply_fsdp(net, dist_info.world_size, dist_info.device)
+        if net_ema is not None:
+            apply_fsdp(net_ema, dist_info.world_size, dist_info.device)
+    return Diffusion(net, net_ema)
+
+
+def _trainer_state(iteration: int, generator: torch.Generator, data: TrainingData) -> dict:
+    return {"iteration": iteration, "grad_scaler": {}, "generator": generator.get_state(), "data": data.state_dict()}
+
+
+def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
+               ckpt_cfg: CheckpointConfig) -> dict:
+    """Run (or resume) post-training in `run_dir`; return the last step's metrics."""
+    dist_info = setup_distributed()
+    torch.manual_seed(job.seed + dist_info.rank)
+    generator = torch.Generator().manual_seed(job.seed + dist_info.rank)
+
+    data = build_training_data(model_cfg, data_cfg, train_cfg, job.seed, dist_info.rank, dist_info.world_size,
+                               dist_info.device)
+    model = build_model(model_cfg, train_cfg, dist_info)
+    opt = optim.build_optimizer(model.net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
+                                weight_decay=train_cfg.weight_decay)
+    scheduler = optim.build_scheduler(opt, train_cfg.warmup_steps)
+    manager = CheckpointManager(run_dir / "checkpoints", ckpt_cfg.keep_last)
+    sd_options = StateDictOptions(flatten_optimizer_state_dict=True)
+
+    def parts(iteration: int) -> dict:
+        return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt, options=sd_options),
+                "scheduler": scheduler.state_dict(), "trainer": _trainer_state(iteration, generator, data)}
+
+    start = 0
+    latest = manager.latest() if ckpt_cfg.resume else None
+    if latest is not None:
+        state = parts(0)
+        CheckpointManager.load(latest, state)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, opt, state["optim"], options=sd_options)
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["trainer"]["iteration"])
+        generator.set_state(state["trainer"]["generator"])
+        data.load_state_dict(state["trainer"]["data"])
+        log.info("resumed from %s at step %d", latest, start)
+
+    flops = dit_forward_flops(dit_config(model_cfg.flavor), data.latent_thw, data.text_tokens)
+    metrics = MetricsProcessor(run_dir, dist_info.device, flops, data.tokens_per_sample, dist_info.world_size,
+                               dist_info.is_main)
+    progress = _progress(start, train_cfg.max_steps, dist_info.is_main)
+    record: dict = {}
+    params = list(model.net.parameters())
+    try:
+        for iteration in range(start, train_cfg.max_steps):
+            t0 = time.perf_counter()
+            x0, text = next(data)
+            draws = step_lib.draw(generator, x0.shape, train_cfg.text_dropout)
+            loss, _ = step_lib.forward_loss(model.net, x0, text, draws)
+            loss_value = _global_mean(loss.detach())
+            if not torch.isfinite(torch.tensor(loss_value)):
+                last = manager.latest()
+                raise TrainingDiverged(f"the loss is {loss_value} at step {iteration + 1}; stopping. The last good "
+                                       f"checkpoint is {last if last else 'none (no checkpoint was written yet)'}")
+            loss.backward()
+            norm, _ = optim.clip_grad_norm(params, train_cfg.grad_clip)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            scheduler.step()
+            opt.zero_grad(set_to_none=True)
+            if hasattr(model, "net_ema"):
+                ema_lib.update_ema(model.net_ema, model.net, ema_lib.ema_beta(iteration))
+            done = iteration + 1
+            times = StepTimes(data_wait=data.last_wait_s, total=time.perf_counter() - t0)
+            if done % train_cfg.log_every == 0 or done == train_cfg.max_steps:
+                record = metrics.record(done, loss_value, float(norm), lr, train_cfg.batch_size, times)
+                progress.update(done, record)
+            if done % ckpt_cfg.save_every == 0 or done == train_cfg.max_steps:
+                manager.save(done, parts(done))
+    finally:
+        metrics.close()
+        progress.close()
+    return record
+
+
+def _global_mean(value: torch.Tensor) -> float:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value.item()
+
+
+class _progress:
+    """A tqdm bar on rank 0 showing step, loss and throughput (nothing on other ranks)."""
+
+    def __init__(self, start: int, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        self.position = start
+
+    def update(self, step: int, record: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(step - self.position)
+        self.position = step
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.2f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
