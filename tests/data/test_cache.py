@@ -15,8 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosmos_engine.config.schema import DataConfig
-from cosmos_engine.data import build_training_loader
 from cosmos_engine.data.cache import CachedWindowDataset, LatentCache, LatentKey, window_starts
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records
 from cosmos_engine.data.decode_pyav import PyAVDecoder
@@ -139,15 +137,14 @@ def test_reading_a_missing_entry_names_it(dataset_dir):
         LatentCache(dataset_dir).load(key)
 
 
-def test_build_training_loader_with_the_window_cache(dataset_dir):
-    cfg = DataConfig(dataset_dir=str(dataset_dir), num_frames=N, height=H, width=W, decoder="pyav", cache="windows",
-                     num_workers=0)
-    vae, text = CountingVAE(), CountingTextEncoder()
-    data = build_training_loader(cfg, batch_size=2, seed=0, vae=vae, text_encoder=text)
-    batch = next(data.loader)
-    assert batch["latent"].shape == (2, 3, 3, H // 8, W // 8)
-    assert set(data.text_embeddings) == {"A video of sks teal robot.", "A video of sks teal robot, waving."}
-    assert all(data.text_embeddings[p].shape == (8, 16) for p in batch["prompt"])
-    assert data.cache_stats.latents_encoded == 9
-    with pytest.raises(ValueError, match="needs the VAE and the text encoder"):
-        build_training_loader(cfg, batch_size=1, seed=0)
+def test_captions_alone_for_the_online_path_and_their_embeddings(dataset_dir):
+    cache, text = LatentCache(dataset_dir), CountingTextEncoder()
+    stats = cache.build_text(windows_of(dataset_dir), text)
+    assert (stats.texts_encoded, stats.latents_encoded, text.calls) == (2, 0, 2)
+    assert not (dataset_dir / "cache" / "latents").exists()
+    prompts = [r.prompt for r in load_records(dataset_dir)]
+    embeddings = cache.text_embeddings(prompts, text.identity)
+    assert set(embeddings) == {"A video of sks teal robot.", "A video of sks teal robot, waving."}
+    for prompt, embedding in embeddings.items():
+        assert torch.equal(embedding, CountingTextEncoder().encode([prompt])[0])
+    assert cache.build_text(windows_of(dataset_dir), text).texts_encoded == 0

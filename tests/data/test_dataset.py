@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_engine.config.schema import DataConfig
-from cosmos_engine.data import build_training_loader
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records
 from cosmos_engine.data.decode_pyav import PyAVDecoder
 from cosmos_engine.data.prepare import prepare_videos
@@ -139,11 +137,11 @@ def test_records_follow_edits_and_report_problems(tmp_path, caplog):
         load_records(out)
 
 
-def test_build_training_loader_without_cache_streams_decoded_windows(dataset_dir):
-    cfg = DataConfig(dataset_dir=str(dataset_dir), num_frames=N, height=32, width=48, decoder="pyav", cache="off",
-                     num_workers=0)
-    data = build_training_loader(cfg, batch_size=2, seed=0)
-    batch = next(data.loader)
-    assert batch["video"].shape == (2, 3, N, 32, 48) and batch["video"].dtype == torch.float32
+def test_loader_delivers_float_windows_in_unit_range_on_the_device(windows):
+    loader = build_loader(windows, WindowSampler(windows.all_starts(), seed=0), batch_size=2, num_workers=0,
+                          device=torch.device("cpu"))
+    batch = next(loader)
+    assert batch["video"].shape == (2, 3, N, 48, 64) and batch["video"].dtype == torch.float32
     assert batch["video"].min() >= -1 and batch["video"].max() <= 1 and len(batch["prompt"]) == 2
-    assert data.text_embeddings is None
+    index, start = int(batch["video_index"][0]), int(batch["start"][0])
+    assert torch.equal(batch["video"][0], windows[(index, start)]["video"].float() / 127.5 - 1)

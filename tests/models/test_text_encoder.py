@@ -18,55 +18,15 @@ from safetensors.torch import load_file, save_file
 
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models.text_encoder import (NUM_TOKENS, SYSTEM_PROMPT, TextEncoder, drop_text, full_concat,
-                                               mean_normalize)
+                                               mean_normalize, write_tiny_encoder)
+from cosmos_engine.models.text_encoder import TINY_HIDDEN as HIDDEN, TINY_LAYERS as NUM_LAYERS
 from tests.conftest import load_reference_case
 
 CAPTION = "A video of sks teal robot."
-# The text branch of the Qwen2-VL family chat template (the real one adds image/video placeholders).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
-    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}{% if 'text' in content %}{{ content['text'] }}"
-    "{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-NUM_LAYERS, HIDDEN = 3, 32
-
-
-def build_encoder_folder(folder) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([SYSTEM_PROMPT, CAPTION], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-                                        additional_special_tokens=specials[1:])
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-
-    ids = {t: bpe.token_to_id(t) for t in specials}
-    text = dict(vocab_size=bpe.get_vocab_size(), hidden_size=HIDDEN, intermediate_size=64,
-                num_hidden_layers=NUM_LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=NUM_TOKENS, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=HIDDEN,
-                  fullatt_block_indexes=[0])
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, bos_token_id=text["bos_token_id"],
-                              eos_token_id=text["eos_token_id"], pad_token_id=text["pad_token_id"])
-    torch.manual_seed(0)
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def encoder_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reason1_tiny")
-    build_encoder_folder(folder)
+    write_tiny_encoder(folder, seed=0)
     return folder
 
 

@@ -2,7 +2,8 @@
 
 The frozen VAE and text encoder give the same output for the same input, so re-running them at every
 step (as the official trainer does) is pure waste. Before training, `LatentCache.build` encodes what is
-missing and stores it as safetensors under DATASET/cache/:
+missing (`build_text`: the captions only, for cache = "off") and stores it as safetensors under
+DATASET/cache/:
 
 ```
 cache/latents/<video sha256>/start<start>_n<num_frames>_<height>x<width>_<hash of VAE identity>.safetensors
@@ -178,33 +179,48 @@ class LatentCache:
         stats = BuildStats()
         windows = [(i, start) for i, record in enumerate(dataset.records)
                    for start in window_starts(record.frames, dataset.num_frames)]
-        latent_todo = [(i, start) for i, start in windows
-                       if self._needed(self.latent_key(dataset.records[i], start, dataset, vae.identity), stats)]
-        prompts = sorted({record.prompt for record in dataset.records})
-        text_todo = [p for p in prompts if self._needed(TextKey(p, text_encoder.identity), stats)]
-        latent_todo, text_todo = latent_todo[rank::world_size], text_todo[rank::world_size]
+        todo = [(i, start) for i, start in windows
+                if self._needed(self.latent_key(dataset.records[i], start, dataset, vae.identity), stats)]
+        todo = todo[rank::world_size]
         if rank == 0:
             stats.pruned = self._prune({record.sha256 for record in dataset.records})
+        self._encode_text(dataset, text_encoder, rank, world_size, stats)
 
-        device = torch.device(device)
-        with torch.inference_mode():
-            for prompt in text_todo:
-                self.store(TextKey(prompt, text_encoder.identity), text_encoder.encode([prompt])[0])
-                stats.texts_encoded += 1
-            if latent_todo:
-                on_cpu = dataset.decoder.device.type == "cpu"  # a GPU decoder cannot run in forked workers
-                videos = DataLoader(_WindowVideos(dataset, latent_todo), batch_size=1,
-                                    num_workers=num_workers if on_cpu else 0, pin_memory=device.type == "cuda" and on_cpu)
-                progress = tqdm(zip(latent_todo, videos), total=len(latent_todo), desc="caching latents", unit="window",
-                                disable=None)
-                for (i, start), video in progress:
+        if todo:  # (a DataLoader starts its workers even for nothing)
+            device = torch.device(device)
+            on_cpu = dataset.decoder.device.type == "cpu"  # a GPU decoder cannot run in forked workers
+            videos = DataLoader(_WindowVideos(dataset, todo), batch_size=1, num_workers=num_workers if on_cpu else 0,
+                                pin_memory=device.type == "cuda" and on_cpu)
+            with torch.inference_mode():
+                for (i, start), video in tqdm(zip(todo, videos), total=len(todo), desc="caching latents",
+                                              unit="window", disable=None):
                     latent = vae.encode(to_unit_range(video.to(device, non_blocking=True)))[0]
                     self.store(self.latent_key(dataset.records[i], start, dataset, vae.identity), latent)
                     stats.latents_encoded += 1
+        self._log(stats)
+        return stats
+
+    def build_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, *, rank: int = 0,
+                   world_size: int = 1) -> BuildStats:
+        """Only the captions (cache = "off" still encodes each caption once per run, not once per step)."""
+        stats = BuildStats()
+        self._encode_text(dataset, text_encoder, rank, world_size, stats)
+        self._log(stats)
+        return stats
+
+    def _encode_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, rank: int, world_size: int,
+                     stats: BuildStats) -> None:
+        prompts = sorted({record.prompt for record in dataset.records})
+        todo = [p for p in prompts if self._needed(TextKey(p, text_encoder.identity), stats)][rank::world_size]
+        with torch.inference_mode():
+            for prompt in todo:
+                self.store(TextKey(prompt, text_encoder.identity), text_encoder.encode([prompt])[0])
+                stats.texts_encoded += 1
+
+    def _log(self, stats: BuildStats) -> None:
         log.info("latent cache %s: %d hits, %d latents and %d captions encoded, %d recomputed as unreadable, "
                  "%d stale video folders pruned", self.root, stats.hits, stats.latents_encoded, stats.texts_encoded,
                  stats.corrupt, stats.pruned)
-        return stats
 
     def text_embeddings(self, prompts: Sequence[str], encoder_identity: str) -> dict[str, torch.Tensor]:
         """Each distinct prompt's cached embedding [L, D], loaded once: the trainer keeps these (the NeMo set

@@ -270,3 +270,53 @@ class TextEncoder:
         if misses:
             log.info("text encoder: %d prompt(s) encoded, %d from the cache", len(misses), len(found) - len(misses))
         return torch.stack([found[p] for p in prompts])
+
+
+# --- A tiny random Reason1 stand-in, for the tiny recipes and the tests ---------------------------------------
+
+# The text branch of the Qwen2-VL family chat template (the real one adds image/video placeholders).
+_TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}{% if 'text' in content %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_LAYERS, TINY_HIDDEN = 3, 32  # 3 x 32 = 96: the tiny DiT's crossattn_proj_in_channels
+
+
+def write_tiny_encoder(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Qwen2.5-VL (transformers' own classes) and a tiny byte-level BPE tokenizer with the
+    Qwen chat-template special tokens into `folder`, deterministically from `seed`. It is not Reason1, but it
+    goes through exactly the loading, templating and hidden-state combination code the real folder does;
+    its embeddings are 96 wide. Nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    folder = Path(folder)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([SYSTEM_PROMPT, "A video of sks teal robot."], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                        additional_special_tokens=specials[1:])
+    tokenizer.chat_template = _TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+
+    ids = {t: bpe.token_to_id(t) for t in specials}
+    text = dict(vocab_size=bpe.get_vocab_size(), hidden_size=TINY_HIDDEN, intermediate_size=64,
+                num_hidden_layers=TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=NUM_TOKENS, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=TINY_HIDDEN,
+                  fullatt_block_indexes=[0])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, bos_token_id=text["bos_token_id"],
+                              eos_token_id=text["eos_token_id"], pad_token_id=text["pad_token_id"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    return folder

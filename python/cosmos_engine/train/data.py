@@ -1,0 +1,132 @@
+"""What a training step consumes: clean VAE latents and text embeddings, from the cache or computed online.
+
+`cache = "windows"` (default): before the first step every window of every video and every caption is
+encoded once (`data.cache.LatentCache.build`), and the steps read latents from disk and the caption's
+embedding from memory, so neither the VAE nor the text encoder runs inside a step.
+`cache = "off"` (the official behaviour): each step decodes a random window and runs the frozen VAE on it
+under `inference_mode`; captions are still encoded once per run (the NeMo set has a single caption).
+
+The frozen encoders: `[model] vae_path` / `text_encoder_path`; left empty, the tiny flavor uses a seeded
+random tiny VAE and a tiny random Reason1 stand-in written into the dataset's cache folder, so the tiny
+recipe needs no download. The 2B flavor requires both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cosmos_engine.config.schema import DataConfig, ModelConfig, TrainConfig
+from cosmos_engine.data.cache import CachedWindowDataset, LatentCache
+from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records, make_decoder
+from cosmos_engine.errors import RecipeError
+from cosmos_engine.models.flavors import vae_config
+from cosmos_engine.models.text_encoder import TextEncoder, write_tiny_encoder
+from cosmos_engine.models.wan_vae import WanVAE, load_vae
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
+    dtype = _DTYPES[model_cfg.dtype]
+    if model_cfg.vae_path:
+        return load_vae(model_cfg.vae_path, vae_config(model_cfg.flavor), device=device, dtype=dtype)
+    if model_cfg.flavor != "tiny":
+        raise RecipeError(f"model.vae_path is empty; the {model_cfg.flavor!r} flavor needs the Wan2.1 VAE weights "
+                          "(tokenizer.pth of Cosmos-Predict2.5-2B)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same random tiny VAE every time, so its cache identity is stable
+        vae = WanVAE(vae_config("tiny"))
+    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def build_text_encoder(model_cfg: ModelConfig, dataset_dir: Path, device: torch.device) -> TextEncoder:
+    dtype = _DTYPES[model_cfg.dtype]
+    folder = model_cfg.text_encoder_path
+    if not folder:
+        if model_cfg.flavor != "tiny":
+            raise RecipeError(f"model.text_encoder_path is empty; the {model_cfg.flavor!r} flavor needs a local copy "
+                              "of nvidia/Cosmos-Reason1-7B")
+        folder = dataset_dir / "cache" / "tiny_reason1"
+        if not (folder / "config.json").is_file():
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                write_tiny_encoder(folder, seed=0)
+            if dist.is_initialized():
+                dist.barrier()
+    return TextEncoder(folder, device=device, dtype=dtype)
+
+
+class TrainingData:
+    """Endless (x0 [B, C, T, H, W] float32, text [B, N, C_text]) batches for one rank, resumable."""
+
+    def __init__(self, loader, text_by_prompt: dict[str, torch.Tensor], vae: WanVAE | None, device: torch.device,
+                 latent_thw: tuple[int, int, int]):
+        self.loader = loader
+        self.text_by_prompt = text_by_prompt
+        self.vae = vae  # only with cache = "off"
+        self.device = device
+        self.latent_thw = latent_thw
+        self.text_tokens = next(iter(text_by_prompt.values())).shape[0]
+        self.last_wait_s = 0.0
+
+    @property
+    def tokens_per_sample(self) -> int:
+        t, h, w = self.latent_thw
+        return t * (h // 2) * (w // 2)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(self.loader)
+        if self.vae is not None:
+            with torch.inference_mode():
+                x0 = self.vae.encode(batch["video"].to(self.device, self.vae.dtype))
+            x0 = x0.float().clone()  # leave inference mode: the step needs a normal tensor
+        else:
+            x0 = batch["latent"].to(self.device).float()
+        text = torch.stack([self.text_by_prompt[p] for p in batch["prompt"]]).to(self.device)
+        self.last_wait_s = self.loader.last_wait_s
+        return x0, text
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+
+def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int, rank: int,
+                        world_size: int, device: torch.device) -> TrainingData:
+    dataset_dir = Path(data_cfg.dataset_dir)
+    records = load_records(dataset_dir)
+    videos = VideoWindowDataset(records, data_cfg.num_frames, data_cfg.height, data_cfg.width,
+                                make_decoder(data_cfg.decoder))
+    vae = build_vae(model_cfg, device)
+    text_encoder = build_text_encoder(model_cfg, dataset_dir, device)
+    cache = LatentCache(dataset_dir)
+    if data_cfg.cache == "windows":
+        cache.build(videos, vae, text_encoder, device=device, num_workers=data_cfg.num_workers, rank=rank,
+                    world_size=world_size)
+    else:  # captions only: they are encoded once per run whatever the setting
+        cache.build_text(videos, text_encoder, rank=rank, world_size=world_size)
+    if dist.is_initialized():
+        dist.barrier()
+    text_by_prompt = cache.text_embeddings([r.prompt for r in records], text_encoder.identity)
+    del text_encoder  # frozen and no longer needed: free its memory before the DiT is built
+    if data_cfg.cache == "windows":
+        dataset = CachedWindowDataset(cache, videos, vae.identity)
+        online_vae = None
+    else:
+        dataset, online_vae = videos, vae
+    sampler = WindowSampler(dataset.all_starts(), seed=seed, rank=rank, world_size=world_size)
+    loader = build_loader(dataset, sampler, batch_size=train_cfg.batch_size, num_workers=data_cfg.num_workers,
+                          device=device)
+    s = vae_config(model_cfg.flavor).spatial_factor
+    t = vae_config(model_cfg.flavor).temporal_factor
+    latent_thw = (1 + (data_cfg.num_frames - 1) // t, data_cfg.height // s, data_cfg.width // s)
+    log.info("training data: %d videos, cache=%s, latent %s, %d text tokens", len(records), data_cfg.cache,
+             latent_thw, next(iter(text_by_prompt.values())).shape[0])
+    return TrainingData(loader, text_by_prompt, online_vae, device, latent_thw)
