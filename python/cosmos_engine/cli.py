@@ -150,6 +150,24 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ run
+@command("run", "post-train the Video2World DiT as a recipe says (under torchrun for several GPUs)", _add_recipe_arguments)
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from cosmos_engine.config import load_recipe, write_resolved
+    from cosmos_engine.train.trainer import post_train, run_dir_for
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = run_dir_for(recipe.job)
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info("run folder %s (resolved recipe: %s)", run_dir, write_resolved(recipe, run_dir))
+    last = post_train(run_dir, recipe.job, recipe.model, recipe.data, recipe.train, recipe.checkpoint)
+    if last and int(os.environ.get("RANK", "0")) == 0:
+        print(f"step {last['step']}: loss {last['loss']:.5f}; checkpoints in {run_dir / 'checkpoints'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosmos-engine", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -1,4 +1,4 @@
-"""Activation checkpointing of the DiT, switched by the recipe's `[model] activation_checkpointing`.
+"""Activation checkpointing and FSDP2 sharding of the DiT. Activation checkpointing is switched by the recipe's `[model] activation_checkpointing`.
 
 Modes:
 * "none": every activation is kept for backward.
@@ -20,8 +20,11 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
+import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper, checkpoint_wrapper
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 Mode = Literal["none", "full", "selective"]
@@ -55,4 +58,23 @@ def apply_activation_checkpointing(model: nn.Module, mode: Mode) -> nn.Module:
     for i, block in enumerate(model.blocks):
         model.blocks[i] = checkpoint_wrapper(block, **kwargs)
     model.final_layer = checkpoint_wrapper(model.final_layer, **kwargs)
+    return model
+
+
+def apply_fsdp(model: nn.Module, world_size: int, device: torch.device, max_shard: int = 8) -> nn.Module:
+    """FSDP2 as the official 2B recipe shards the DiT: a (replicate, shard) mesh with shard = min(8, world),
+    `fully_shard` on every block (the last one kept unsharded after forward, since backward needs it
+    first), on the final layer and on the timestep MLP, then on the root (patch embedding, text
+    projection, norms). Call after activation checkpointing. Returns `model`, sharded in place."""
+    shard = min(max_shard, world_size)
+    if world_size % shard:
+        raise ValueError(f"world size {world_size} is not a multiple of the shard size {shard}")
+    mesh = init_device_mesh(device.type, (world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
+    blocks = list(model.blocks)
+    for i, block in enumerate(blocks):
+        fully_shard(block, mesh=mesh, reshard_after_forward=i < len(blocks) - 1)
+    fully_shard(model.final_layer, mesh=mesh)
+    # The forward calls the timestep MLP module itself (not the t_embedder Sequential), so that is the unit.
+    fully_shard(model.t_embedder[1], mesh=mesh, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh)
     return model
