@@ -19,7 +19,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,23 @@ def _distributed() -> bool:
 
 def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
+
+
+# Fault injection for the crash tests: "kill_during_save:N" makes the process SIGKILL itself in the middle of
+# saving iteration N (after the model part is on disk, before the folder is published).
+FAULT_ENV = "COSMOS_ENGINE_FAULT"
+
+
+def _maybe_die_during_save(iteration: int) -> None:
+    if os.environ.get(FAULT_ENV) == f"kill_during_save:{iteration}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _dcp(fn, *args, **kwargs):
+    """DCP save/load; single-process use is intended here, so its warning about it is noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        return fn(*args, no_dist=not _distributed(), **kwargs)
 
 
 def _barrier() -> None:
@@ -118,7 +137,8 @@ class CheckpointManager:
             staging.mkdir()
         _barrier()
         for name in PARTS:
-            dcp.save(parts[name], checkpoint_id=staging / name, no_dist=not _distributed())
+            _dcp(dcp.save, parts[name], checkpoint_id=staging / name)
+            _maybe_die_during_save(iteration)
         _barrier()
         if _rank() == 0:
             if final.exists():  # the same iteration saved again (e.g. after a resume): replace it whole
@@ -153,4 +173,4 @@ class CheckpointManager:
         if not is_complete(folder, tuple(parts)):
             raise CheckpointError(f"{folder}: not a complete checkpoint (a part has no DCP .metadata); refusing to load it")
         for name, state in parts.items():
-            dcp.load(state, checkpoint_id=folder / name, no_dist=not _distributed())
+            _dcp(dcp.load, state, checkpoint_id=folder / name)
