@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 F_START, F_MAX, F_MIN, CYCLE = 1e-6, 0.5, 0.2, 100_000
 
@@ -47,15 +48,18 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> tup
     """Official GradClip(force_finite=True): non-finite gradient entries become 0, then the global L2
     norm is computed and every gradient scaled by min(1, max_norm / (norm + 1e-6)).
     Returns (norm before clipping, the coefficient applied)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    for g in grads:
-        torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
     if not grads:
         return torch.zeros(()), 1.0
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    for g in grads:
+        torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if isinstance(norm, DTensor):  # FSDP: each rank holds a shard; the norm is global
+        norm = norm.full_tensor()
     coefficient = min(1.0, max_norm / (norm.item() + 1e-6)) if max_norm > 0 else 1.0
     if coefficient < 1.0:
-        torch._foreach_mul_(grads, coefficient)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm, coefficient
 
 

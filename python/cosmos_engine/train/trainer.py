@@ -6,8 +6,8 @@ then the root on a (replicate, shard) mesh (several ranks) -> materialize -> loa
 complete checkpoint. The frozen VAE and text encoder sit outside the sharded DiT; with `cache = "windows"`
 they run once per window and caption before the first step, never inside it.
 
-Each step: batch (cached latents + text embeddings) -> the step's random draws from one CPU generator
-(restored on resume) -> loss -> backward -> clip -> AdamW -> LR schedule -> EMA -> metrics -> checkpoint
+Each step: batch (cached latents + text embeddings) -> the step's random draws (a function of seed, step
+and global sample index, so resumes and rank counts do not change them) -> loss -> backward -> clip -> AdamW -> LR schedule -> EMA -> metrics -> checkpoint
 every `save_every` steps and at the end. A non-finite loss stops the run, naming the step; the last
 checkpoint, written before it, is intact.
 """
@@ -92,12 +92,16 @@ class Diffusion(nn.Module):
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed) -> Diffusion:
+def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int) -> Diffusion:
     """The DiT (weights loaded or initialised), checkpointed, sharded when there are several ranks, plus the
     fp32 EMA copy. With train.precision "fp32" or "fp32-master" the parameters are fp32."""
     dtype = _DTYPES[model_cfg.dtype] if train_cfg.precision == "bf16" else torch.float32
     cfg = dit_config(model_cfg.flavor)
-    net = build_dit(cfg, model_cfg.checkpoint or None, device=dist_info.device, dtype=dtype)
+    # A random init depends on the seed alone, not on what ran before: the same on every rank (FSDP keeps
+    # each rank's shard of it) and in every run of the recipe.
+    with torch.random.fork_rng(devices=[dist_info.device] if dist_info.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        net = build_dit(cfg, model_cfg.checkpoint or None, device=dist_info.device, dtype=dtype)
     net_ema = copy.deepcopy(net).float().requires_grad_(False) if train_cfg.ema else None
     apply_activation_checkpointing(net, model_cfg.activation_checkpointing)
     if dist_info.world_size > 1:
@@ -107,20 +111,19 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
     return Diffusion(net, net_ema)
 
 
-def _trainer_state(iteration: int, generator: torch.Generator, data: TrainingData) -> dict:
-    return {"iteration": iteration, "grad_scaler": {}, "generator": generator.get_state(), "data": data.state_dict()}
+def _trainer_state(iteration: int, data: TrainingData) -> dict:
+    # The step's random draws derive from (seed, step, sample), so the iteration is all the RNG state there is.
+    return {"iteration": iteration, "grad_scaler": {}, "data": data.state_dict()}
 
 
 def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
                ckpt_cfg: CheckpointConfig) -> dict:
     """Run (or resume) post-training in `run_dir`; return the last step's metrics."""
     dist_info = setup_distributed()
-    torch.manual_seed(job.seed + dist_info.rank)
-    generator = torch.Generator().manual_seed(job.seed + dist_info.rank)
 
     data = build_training_data(model_cfg, data_cfg, train_cfg, job.seed, dist_info.rank, dist_info.world_size,
                                dist_info.device)
-    model = build_model(model_cfg, train_cfg, dist_info)
+    model = build_model(model_cfg, train_cfg, dist_info, job.seed)
     opt = optim.build_optimizer(model.net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
                                 weight_decay=train_cfg.weight_decay)
     scheduler = optim.build_scheduler(opt, train_cfg.warmup_steps)
@@ -129,7 +132,7 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
 
     def parts(iteration: int) -> dict:
         return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt, options=sd_options),
-                "scheduler": scheduler.state_dict(), "trainer": _trainer_state(iteration, generator, data)}
+                "scheduler": scheduler.state_dict(), "trainer": _trainer_state(iteration, data)}
 
     start = 0
     latest = manager.latest() if ckpt_cfg.resume else None
@@ -140,7 +143,6 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
         set_optimizer_state_dict(model, opt, state["optim"], options=sd_options)
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["trainer"]["iteration"])
-        generator.set_state(state["trainer"]["generator"])
         data.load_state_dict(state["trainer"]["data"])
         log.info("resumed from %s at step %d", latest, start)
 
@@ -154,7 +156,10 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
         for iteration in range(start, train_cfg.max_steps):
             t0 = time.perf_counter()
             x0, text = next(data)
-            draws = step_lib.draw(generator, x0.shape, train_cfg.text_dropout)
+            global_batch = train_cfg.batch_size * dist_info.world_size
+            samples = [iteration * global_batch + dist_info.rank * train_cfg.batch_size + i
+                       for i in range(train_cfg.batch_size)]
+            draws = step_lib.draw_for_samples(job.seed, iteration, samples, x0.shape, train_cfg.text_dropout)
             loss, _ = step_lib.forward_loss(model.net, x0, text, draws)
             loss_value = _global_mean(loss.detach())
             if not torch.isfinite(torch.tensor(loss_value)):
