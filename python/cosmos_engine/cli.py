@@ -168,6 +168,53 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- infer
+def _infer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="RECIPE_OR_SAMPLES",
+                   help="a TOML recipe (its [infer] table is the sample) or an official JSON sample file")
+    p.add_argument("--recipe", help="with a JSON sample file: the TOML recipe giving [model] and the [infer] "
+                                    "defaults (frames, fps, sampler, ...); default: the built-in defaults")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override one recipe value (repeatable), e.g. --set infer.seed=3")
+    p.add_argument("--checkpoint-path", help="DiT weights (model_ema_bf16.pt, ...); overrides infer.checkpoint_path")
+    p.add_argument("--output-dir", help="where <name>.mp4 and <name>.png go; overrides infer.output_dir")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow arbitrary pickled objects in the checkpoint (only for checkpoints from a source you trust)")
+
+
+@command("infer", "generate videos with a (post-trained) Video2World checkpoint: text2world, image2world, video2world",
+         _infer_arguments)
+def _infer(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from cosmos_engine.config import load_recipe
+    from cosmos_engine.errors import RecipeError
+    from cosmos_engine.infer.pipeline import run_infer
+    from cosmos_engine.infer.sample_files import load_sample_file
+
+    if args.source.lower().endswith(".json"):
+        recipe = load_recipe(args.recipe, args.overrides)
+        samples = load_sample_file(args.source, recipe.infer)
+    else:
+        if args.recipe:
+            raise RecipeError(f"--recipe {args.recipe}: only used with a JSON sample file; {args.source} is the recipe")
+        recipe = load_recipe(args.source, args.overrides)
+        samples = {recipe.infer.name: recipe.infer}
+    changes = {}
+    if args.checkpoint_path is not None:
+        if not Path(args.checkpoint_path).expanduser().exists():
+            raise RecipeError(f"--checkpoint-path {args.checkpoint_path}: no such file or folder")
+        changes["checkpoint_path"] = str(Path(args.checkpoint_path).expanduser().resolve())
+    if args.output_dir is not None:
+        changes["output_dir"] = args.output_dir
+    samples = {name: dataclasses.replace(cfg, **changes) for name, cfg in samples.items()}
+    for result in run_infer(recipe.model, samples, progress=args.progress, trust_checkpoint=args.trust_checkpoint):
+        print(result.video_path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosmos-engine", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

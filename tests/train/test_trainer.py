@@ -96,13 +96,20 @@ def test_kill_minus_9_anywhere_then_resume_gives_the_uninterrupted_weights(datas
     assert proc.wait(timeout=300) == -signal.SIGKILL
     assert (checkpoints / "iter_000000006.tmp").is_dir()  # the half-written save is there...
     assert [p.name for _, p in complete_checkpoints(checkpoints)] == ["iter_000000003"]  # ...and never counted
-    # 2. Killed at random moments while training (and maybe saving), resumed each time.
-    rng = random.Random(0)
-    for _ in range(2):
+    # 2. Killed at random moments while training or saving: as soon as the metrics show a chosen step
+    #    done (the kill then lands in the next step or in that step's save), resumed each time.
+    metrics = checkpoints.parent / "metrics.jsonl"
+    for kill_after in sorted(random.Random(0).sample(range(4, steps), 3)):
         proc = _launch(dataset, tmp_path, "crashy", steps, save_every)
-        time.sleep(rng.uniform(6.0, 9.0))
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            steps_done = [json.loads(line)["step"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
+            if steps_done and steps_done[-1] >= kill_after:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
     # 3. Resume to the end.
     proc = _launch(dataset, tmp_path, "crashy", steps, save_every)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()

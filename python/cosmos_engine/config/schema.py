@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cosmos_engine.models.text_encoder import DEFAULT_NEGATIVE_PROMPT
+
 
 def spec(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
     """A dataclass field with a default, an optional inclusive numeric range and its documentation."""
@@ -85,6 +87,33 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class InferConfig:
+    """[infer]: one Video2World sample (`cosmos-engine infer`); the networks come from [model]. A JSON sample
+    file in the official schema overrides the prompt, input, seed, guidance and size per sample."""
+
+    prompt: str = spec("", doc="What the video shows.")
+    negative_prompt: str = spec(DEFAULT_NEGATIVE_PROMPT, doc="Text of the unconditional branch of guidance (default: the official one).")
+    input_path: str = spec("", doc="Conditioning image (.png .jpg .jpeg .webp) or video (.mp4); empty = text2world.")
+    num_conditional_frames: int = spec(0, min=0, max=2, doc="Latent condition frames: 0 text2world, 1 image2world, 2 video2world.")
+    guidance: float = spec(7.0, min=0.0, max=100.0, doc="Classifier-free guidance g: v = v_cond + g (v_cond - v_uncond).")
+    num_steps: int = spec(35, min=1, max=1000, doc="UniPC steps (official: 35).")
+    shift: float = spec(5.0, min=0.0, max=1000.0, doc='Shift of the "pre-trained" sampler\'s sigma schedule (official: 5).')
+    sampler: Literal["pre-trained", "post-trained"] = spec(
+        "pre-trained", doc='"pre-trained": the NeMo post-training experiment\'s sampler (use it for checkpoints we train); '
+                           '"post-trained": the official 2B/post-trained default (Karras sigmas, condition frames at t=0.1).')
+    seed: int = spec(1, min=0, max=2**32 - 1, doc="Seed of the initial noise (numpy RandomState, the same on every device).")
+    num_frames: int = spec(93, min=1, max=100_000, doc="Output frames; 1 + 4k for the causal VAE (official: 93).")
+    height: int = spec(704, min=16, max=8192, doc="Output height in pixels (multiple of 16).")
+    width: int = spec(1280, min=16, max=8192, doc="Output width in pixels (multiple of 16).")
+    fps: float = spec(16.0, min=1.0, max=1000.0, doc="Frame rate of the written MP4 (official: 16).")
+    checkpoint_path: str = spec("", doc="DiT weights (model_ema_fp32.pt, model_ema_bf16.pt, model.pt, an official .pt or a DCP folder); empty = model.checkpoint.")
+    weights: Literal["ema", "net"] = spec("ema", doc='Which weights of a file holding both: "ema" or "net" (the training weights).')
+    output_dir: str = spec("outputs", doc="Folder of the written <name>.mp4 and <name>.png.")
+    name: str = spec("output", doc="File stem of the outputs.")
+    tiled_decode: bool = spec(False, doc="Decode the VAE in overlapping spatial tiles to bound memory.")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole recipe file. Tables that are absent take their defaults."""
 
@@ -93,6 +122,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
 
 
 def tables() -> dict[str, type]:
