@@ -138,7 +138,7 @@ def test_an_existing_file_is_replaced_only_by_a_complete_one(tmp_path, monkeypat
     def save_then_fail_on_the_third_file(obj, f, *args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            f.write(b"half a file")
+            Path(f).write_bytes(b"half a file")
             raise OSError(28, "No space left on device")
         real_save(obj, f, *args, **kwargs)
 

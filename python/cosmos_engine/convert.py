@@ -24,13 +24,11 @@ non-tensor entries are loaded with `weights_only=True` (`trust_checkpoint=True` 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
 import pathlib
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
+from cosmos_engine.atomic import atomic_path
 from cosmos_engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -187,17 +186,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
 
 def _save_atomic(state: dict[str, Any], path: Path) -> Path:
     """torch.save to a temporary file in `path`'s folder, flushed to disk, then renamed over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     log.info("wrote %s (%d entries)", path, len(state))
     return path
 

@@ -12,11 +12,11 @@ import difflib
 import math
 import os
 import sys
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any
 
+from cosmos_engine.atomic import atomic_write
 from cosmos_engine.config import schema
 from cosmos_engine.errors import RecipeError
 
@@ -188,13 +188,6 @@ def to_toml(recipe: schema.Recipe) -> str:
 
 def write_resolved(recipe: schema.Recipe, run_dir: str | os.PathLike) -> Path:
     """Write the fully resolved recipe to run_dir/recipe.toml (atomically) and return its path."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / "recipe.toml"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".recipe.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(to_toml(recipe))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    target = Path(run_dir) / "recipe.toml"
+    atomic_write(target, to_toml(recipe))
     return target

@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cosmos_engine.data.dataset import VideoRecord, VideoWindowDataset
-from cosmos_engine.data.video_io import atomic_path, to_unit_range
+from cosmos_engine.atomic import atomic_path
+from cosmos_engine.data.video_io import to_unit_range
 from cosmos_engine.errors import DatasetError
 
 log = logging.getLogger(__name__)

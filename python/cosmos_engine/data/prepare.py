@@ -38,9 +38,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cosmos_engine.atomic import atomic_path
 from cosmos_engine.data import synthetic
 from cosmos_engine.data.video_io import (
-    VideoProbe, atomic_path, encode_video, probe_video, sha256_file, write_if_changed,
+    VideoProbe, encode_video, probe_video, sha256_file, write_if_changed,
 )
 from cosmos_engine.errors import DatasetError
 

@@ -13,12 +13,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cosmos_engine.atomic import atomic_write
 from cosmos_engine.errors import DatasetError
 
 # The official dataset falls back to 16 fps when the decoder reports none.
@@ -99,26 +96,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield an unused temporary path in `path`'s folder for the caller to create; on success rename it to
-    `path`, on failure delete it. (Not created here, so the file gets the usual umask permissions.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def write_if_changed(path: Path, data: bytes | str) -> bool:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmos_engine.config.schema import InferConfig, ModelConfig
-from cosmos_engine.data.video_io import atomic_path
+from cosmos_engine.atomic import atomic_path
 from cosmos_engine.errors import CheckpointError, RecipeError
 from cosmos_engine.infer import unipc
 from cosmos_engine.infer.sample_files import IMAGE_SUFFIXES, VIDEO_SUFFIXES

@@ -20,16 +20,15 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from cosmos_engine.atomic import atomic_write
 from cosmos_engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -76,15 +75,6 @@ def _dcp(fn, *args, **kwargs):
 def _barrier() -> None:
     if _distributed():
         dist.barrier()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -150,7 +140,7 @@ class CheckpointManager:
             else:
                 os.replace(staging, final)
             _fsync_dir(self.dir)
-            _write_text_atomic(self.dir / LATEST, final.name + "\n")
+            atomic_write(self.dir / LATEST, final.name + "\n")
             self._purge()
         _barrier()
         log.info("saved checkpoint %s", final)
