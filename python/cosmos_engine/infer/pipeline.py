@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosmos_engine.config.schema import InferConfig, ModelConfig
 from cosmos_engine.atomic import atomic_path
+from cosmos_engine.config.schema import InferConfig, ModelConfig
 from cosmos_engine.errors import CheckpointError, RecipeError
 from cosmos_engine.infer import unipc
 from cosmos_engine.infer.sample_files import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -125,7 +125,7 @@ def resize_and_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tens
     if (rh, rw) != (h0, w0):
         x = F.interpolate(x.float(), size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
         x = x.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = int(round((rh - height) / 2.0)), int(round((rw - width) / 2.0))
+    top, left = round((rh - height) / 2.0), round((rw - width) / 2.0)
     return x[:, :, top:top + height, left:left + width].permute(1, 0, 2, 3).contiguous()
 
 
@@ -222,14 +222,13 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float, crf: int = MP4_CRF) ->
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     _, height, width, _ = frames.shape
-    with atomic_path(Path(path)) as tmp:
-        with av.open(str(tmp), "w", format="mp4") as out:
-            stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in frames:
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            out.mux(stream.encode())
+    with atomic_path(Path(path)) as tmp, av.open(str(tmp), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
     return Path(path)
 
 
@@ -351,5 +350,17 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     return results
 
 
-__all__ = ["InferResult", "run_infer", "validate", "guided_velocity", "sample_latent", "condition_pixels",
-           "resize_and_crop", "read_input_frames", "write_mp4", "write_preview", "png_bytes", "to_uint8_frames"]
+__all__ = [
+    "InferResult",
+    "condition_pixels",
+    "guided_velocity",
+    "png_bytes",
+    "read_input_frames",
+    "resize_and_crop",
+    "run_infer",
+    "sample_latent",
+    "to_uint8_frames",
+    "validate",
+    "write_mp4",
+    "write_preview",
+]

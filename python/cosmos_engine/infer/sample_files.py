@@ -166,4 +166,4 @@ def inference_type(cfg: InferConfig) -> str:
     return {v: k for k, v in INFERENCE_TYPES.items()}[cfg.num_conditional_frames]
 
 
-__all__ = ["load_sample_file", "inference_type", "INFERENCE_TYPES", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "INFERENCE_TYPES", "VIDEO_SUFFIXES", "inference_type", "load_sample_file"]

@@ -72,7 +72,6 @@ class TrainingData:
         self.device = device
         self.latent_thw = latent_thw
         self.text_tokens = next(iter(text_by_prompt.values())).shape[0]
-        self.last_wait_s = 0.0
 
     @property
     def tokens_per_sample(self) -> int:
@@ -80,6 +79,8 @@ class TrainingData:
         return t * (h // 2) * (w // 2)
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch (with the cache off this includes the online VAE encode, which the trainer's
+        data-wait time therefore counts)."""
         batch = next(self.loader)
         if self.vae is not None:
             with torch.inference_mode():
@@ -88,7 +89,6 @@ class TrainingData:
         else:
             x0 = batch["latent"].to(self.device).float()
         text = torch.stack([self.text_by_prompt[p] for p in batch["prompt"]]).to(self.device)
-        self.last_wait_s = self.loader.last_wait_s
         return x0, text
 
     def state_dict(self) -> dict:

@@ -11,7 +11,7 @@ import logging
 import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,12 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 @dataclass
 class StepTimes:
-    """Seconds spent in one step, by phase."""
+    """Seconds spent in one step: waiting for data, in total, and by phase (data, forward, backward,
+    optimizer, ema)."""
 
     data_wait: float = 0.0
     total: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 class MetricsProcessor:
@@ -102,6 +104,7 @@ class MetricsProcessor:
             "tokens_per_s": samples * self.tokens_per_sample / step_time, "tflops_per_s": flops / step_time / 1e12,
             "mfu": (flops / step_time / self.world_size / self.peak) if self.peak else None,
             "peak_memory_gb": peak_memory_bytes(self.device) / 2**30, "time": time.time(),
+            **{f"{name}_s": seconds for name, seconds in times.phases.items() if name != "data"},
         }
         if self.is_main:
             with open(self.path, "a") as f:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -154,28 +155,33 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
     params = list(model.net.parameters())
     try:
         for iteration in range(start, train_cfg.max_steps):
-            t0 = time.perf_counter()
+            clock = _PhaseClock(dist_info.device)
             x0, text = next(data)
+            clock.lap("data")
             global_batch = train_cfg.batch_size * dist_info.world_size
             samples = [iteration * global_batch + dist_info.rank * train_cfg.batch_size + i
                        for i in range(train_cfg.batch_size)]
             draws = step_lib.draw_for_samples(job.seed, iteration, samples, x0.shape, train_cfg.text_dropout)
             loss, _ = step_lib.forward_loss(model.net, x0, text, draws)
             loss_value = _global_mean(loss.detach())
-            if not torch.isfinite(torch.tensor(loss_value)):
+            clock.lap("forward")
+            if not math.isfinite(loss_value):
                 last = manager.latest()
                 raise TrainingDiverged(f"the loss is {loss_value} at step {iteration + 1}; stopping. The last good "
                                        f"checkpoint is {last if last else 'none (no checkpoint was written yet)'}")
             loss.backward()
+            clock.lap("backward")
             norm, _ = optim.clip_grad_norm(params, train_cfg.grad_clip)
             lr = opt.param_groups[0]["lr"]
             opt.step()
             scheduler.step()
             opt.zero_grad(set_to_none=True)
+            clock.lap("optimizer")
             if hasattr(model, "net_ema"):
                 ema_lib.update_ema(model.net_ema, model.net, ema_lib.ema_beta(iteration))
+            clock.lap("ema")
             done = iteration + 1
-            times = StepTimes(data_wait=data.last_wait_s, total=time.perf_counter() - t0)
+            times = StepTimes(data_wait=clock.phases["data"], total=clock.total, phases=clock.phases)
             if done % train_cfg.log_every == 0 or done == train_cfg.max_steps:
                 record = metrics.record(done, loss_value, float(norm), lr, train_cfg.batch_size, times)
                 progress.update(done, record)
@@ -185,6 +191,27 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
         metrics.close()
         progress.close()
     return record
+
+
+class _PhaseClock:
+    """Wall time of the phases of one step. On a GPU each lap synchronizes, so the phases are real (the sync
+    costs a little overlap between phases)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.phases[name] = now - self.last
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.start
 
 
 def _global_mean(value: torch.Tensor) -> float:
