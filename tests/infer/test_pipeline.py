@@ -180,12 +180,12 @@ def test_sample_file_values_override_the_recipe_and_resolve_paths(inputs, tmp_pa
     path.write_text(json.dumps({"inference_type": "image2world", "negative_prompt": "bad",
                                 "samples": {"one": {"prompt_path": "prompt.txt", "input_path": "in.png"},
                                             "two": {"prompt": "B", "input_path": str(tmp_path / "sub" / "in.png")}}}))
-    base = InferConfig(num_frames=17, fps=24.0)
+    base = InferConfig(num_frames=17, fps=24.0, seed=5)
     got = load_sample_file(path, base)
     assert list(got) == ["one", "two"]
     one = got["one"]
     assert one.prompt == "A teal robot." and one.negative_prompt == "bad" and one.input_path == str(tmp_path / "sub" / "in.png")
-    assert (one.seed, one.guidance, one.num_frames, one.fps, one.name, one.height) == (1, 7.0, 17, 24.0, "one", 704)
+    assert (one.seed, one.guidance, one.num_frames, one.fps, one.name, one.height) == (5, 7.0, 17, 24.0, "one", 704)
     with pytest.raises(RecipeError, match="expected a .json"):
         load_sample_file(tmp_path / "s.yaml", base)
 

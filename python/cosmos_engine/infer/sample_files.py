@@ -5,8 +5,8 @@
      "samples": {"robot": {"prompt": "A video of sks teal robot.", "input_path": "robot.jpg"}}}
 
 `load_sample_file(path, base)` turns such a file into one `InferConfig` per sample, starting from `base`
-(the recipe's [infer] table, which supplies what the file cannot say: frames, fps, sampler, steps, output
-folder, checkpoint). Like the official pydantic model (`extra="forbid"`): an unknown key, a value of the wrong
+(the recipe's [infer] table, which supplies what the file cannot say -- frames, fps, sampler, steps, output
+folder, checkpoint -- and the values of the keys the file leaves out). Like the official pydantic model (`extra="forbid"`): an unknown key, a value of the wrong
 type (an integer is not a string, `true` is not an integer, `7.5` is not an integer guidance), a missing
 required key or an input file that does not exist raises one `RecipeError` naming the file and the key.
 Relative paths are resolved against the sample file's folder. `.json` only (no YAML parser is installed).
@@ -125,7 +125,12 @@ def load_sample_file(path: str | Path, base: InferConfig | None = None) -> dict[
     if not samples:
         raise RecipeError(f"{where}: samples is empty: expected at least one sample")
     folder = path.parent
-    common: dict[str, Any] = {"num_conditional_frames": INFERENCE_TYPES[kind], "seed": seed, "guidance": float(guidance)}
+    # Keys the file leaves out keep the recipe's value (whose defaults are the official ones: seed 1, guidance 7).
+    common: dict[str, Any] = {"num_conditional_frames": INFERENCE_TYPES[kind]}
+    if "seed" in raw:
+        common["seed"] = seed
+    if "guidance" in raw:
+        common["guidance"] = float(guidance)
     if "negative_prompt" in raw:
         common["negative_prompt"] = raw["negative_prompt"]
     if size is not None:
