@@ -4,7 +4,7 @@
 //
 // One row (token) at a time, rows split over threads with at::parallel_for. Each row is converted once
 // into a thread-local buffer that stays in L1, so the two statistics passes and the output pass read
-// memory once. Row loops are `omp simd` (-fopenmp-simd, no OpenMP runtime): the reductions may be
+// memory once. Row loops are `omp simd`: the reductions may be
 // reordered into vector lanes, which is what lets them vectorize without -ffast-math.
 #pragma once
 
