@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
 
 from cosmos_engine.config.schema import CheckpointConfig, DataConfig, JobConfig, ModelConfig, TrainConfig
-from cosmos_engine.errors import UserError
+from cosmos_engine.errors import RecipeError, UserError
 from cosmos_engine.models.flavors import dit_config
 from cosmos_engine.models.state_dict import build_dit
 from cosmos_engine.parallel.parallelize import apply_activation_checkpointing, apply_fsdp
@@ -95,7 +95,11 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int) -> Diffusion:
     """The DiT (weights loaded or initialised), checkpointed, sharded when there are several ranks, plus the
-    fp32 EMA copy. With train.precision "fp32" or "fp32-master" the parameters are fp32."""
+    fp32 EMA copy. train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode, gradients
+    and Adam moments follow the parameters); "fp32": everything fp32."""
+    if train_cfg.precision == "fp32-master":
+        raise RecipeError('train.precision = "fp32-master" (fp32 master weights with bf16 compute) is not '
+                          'implemented yet; use "bf16" (the official mode) or "fp32"')
     dtype = _DTYPES[model_cfg.dtype] if train_cfg.precision == "bf16" else torch.float32
     cfg = dit_config(model_cfg.flavor)
     # A random init depends on the seed alone, not on what ran before: the same on every rank (FSDP keeps
