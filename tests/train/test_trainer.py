@@ -174,3 +174,13 @@ def test_two_ranks_fsdp_match_one_rank(dataset, tmp_path):
     a, b = final_weights(tmp_path, "one", 5), final_weights(tmp_path, "two", 5)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_fp32_master_keeps_fp32_state_and_trains(dataset, tmp_path):
+    args = run_args(dataset, "master", 3, 3, "--set", "train.precision=\"fp32-master\"")
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env_for(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path, "master"))))
+    weights = final_weights(tmp_path, "master", 3)
+    assert weights["net.blocks.0.mlp.layer1.weight"].dtype == torch.float32

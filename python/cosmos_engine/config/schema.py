@@ -71,7 +71,7 @@ class TrainConfig:
     warmup_steps: int = spec(2000, min=0, max=10**9, doc="Linear warm-up length of the LR schedule.")
     grad_clip: float = spec(0.1, min=0.0, max=1e6, doc="Max global gradient norm; 0 disables clipping.")
     precision: Literal["bf16", "fp32-master", "fp32"] = spec(
-        "bf16", doc='"bf16": params, grads and Adam moments in bf16 (official); "fp32-master": fp32 master weights; "fp32": all fp32 (CPU).')
+        "bf16", doc='"bf16": params, grads and Adam moments in bf16 (official); "fp32-master": fp32 weights, grads and moments with bf16 matmuls (autocast); "fp32": all fp32 (CPU).')
     ema: bool = spec(True, doc="Keep an fp32 EMA copy of the DiT (official power EMA).")
     text_dropout: float = spec(0.2, min=0.0, max=1.0, doc="Probability of zeroing a sample's text embedding.")
     log_every: int = spec(1, min=1, max=10**9, doc="Steps between metric lines.")

@@ -162,9 +162,11 @@ def island_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def linear_in(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`layer(x)` computed in `dtype` with the weights upcast: what the official fp32 autocast regions do."""
+    """`layer(x)` computed in `dtype` with the weights upcast: what the official fp32 autocast regions do.
+    An enclosing autocast (the fp32-master training mode) is switched off here, so islands stay fp32."""
     bias = None if layer.bias is None else layer.bias.to(dtype)
-    return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

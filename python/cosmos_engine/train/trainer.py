@@ -14,6 +14,7 @@ checkpoint, written before it, is intact.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -29,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
 
 from cosmos_engine.config.schema import CheckpointConfig, DataConfig, JobConfig, ModelConfig, TrainConfig
-from cosmos_engine.errors import RecipeError, UserError
+from cosmos_engine.errors import UserError
 from cosmos_engine.models.flavors import dit_config
 from cosmos_engine.models.state_dict import build_dit
 from cosmos_engine.parallel.parallelize import apply_activation_checkpointing, apply_fsdp
@@ -96,10 +97,8 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int) -> Diffusion:
     """The DiT (weights loaded or initialised), checkpointed, sharded when there are several ranks, plus the
     fp32 EMA copy. train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode, gradients
-    and Adam moments follow the parameters); "fp32": everything fp32."""
-    if train_cfg.precision == "fp32-master":
-        raise RecipeError('train.precision = "fp32-master" (fp32 master weights with bf16 compute) is not '
-                          'implemented yet; use "bf16" (the official mode) or "fp32"')
+    and Adam moments follow the parameters); "fp32-master" and "fp32": fp32 parameters, gradients and moments
+    (fp32-master computes in bf16 under autocast, see `_compute_context`)."""
     dtype = _DTYPES[model_cfg.dtype] if train_cfg.precision == "bf16" else torch.float32
     cfg = dit_config(model_cfg.flavor)
     # A random init depends on the seed alone, not on what ran before: the same on every rank (FSDP keeps
@@ -114,6 +113,14 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
         if net_ema is not None:
             apply_fsdp(net_ema, dist_info.world_size, dist_info.device)
     return Diffusion(net, net_ema)
+
+
+def _compute_context(precision: str, device: torch.device):
+    """fp32-master: the fp32 parameters are the master weights and the matmuls run in bf16 (autocast casts
+    each weight as it is used, so gradients and Adam state stay fp32); the DiT's fp32 islands stay fp32."""
+    if precision == "fp32-master":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _trainer_state(iteration: int, data: TrainingData) -> dict:
@@ -166,7 +173,8 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
             samples = [iteration * global_batch + dist_info.rank * train_cfg.batch_size + i
                        for i in range(train_cfg.batch_size)]
             draws = step_lib.draw_for_samples(job.seed, iteration, samples, x0.shape, train_cfg.text_dropout)
-            loss, _ = step_lib.forward_loss(model.net, x0, text, draws)
+            with _compute_context(train_cfg.precision, dist_info.device):
+                loss, _ = step_lib.forward_loss(model.net, x0, text, draws)
             loss_value = _global_mean(loss.detach())
             clock.lap("forward")
             if not math.isfinite(loss_value):
