@@ -113,6 +113,7 @@ def test_kill_minus_9_anywhere_then_resume_gives_the_uninterrupted_weights(datas
     # 3. Resume to the end.
     proc = _launch(dataset, tmp_path, "crashy", steps, save_every)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, steps + 1))
     got = final_weights(tmp_path, "crashy", steps)
     assert got.keys() == want.keys()
     different = [k for k in want if not torch.equal(got[k], want[k])]

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from cosmos_engine.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 # Dense bf16 peak of GPUs we know, for MFU (FLOP/s). Unknown devices (and CPUs) report no MFU.
@@ -91,6 +93,23 @@ class MetricsProcessor:
                 self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
             except ImportError:
                 log.info("tensorboard is not installed; metrics go to %s only", self.path)
+
+    def forget_after(self, step: int) -> None:
+        """Drop the metrics.jsonl lines of steps after `step` (work lost in a crash, about to be redone) and a
+        line torn by a kill mid-write, so the file holds each step once."""
+        if not self.is_main or not self.path.is_file():
+            return
+
+        def keep(line: str) -> bool:
+            try:
+                return json.loads(line)["step"] <= step
+            except (ValueError, KeyError, TypeError):
+                return False
+
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if keep(line)]
+        if len(kept) != len(lines):
+            atomic_write(self.path, "".join(line + "\n" for line in kept))
 
     def record(self, step: int, loss: float, grad_norm: float, lr: float, batch_size: int, times: StepTimes) -> dict:
         """One step's metrics. Throughput is global (all ranks); FLOPs are model FLOPs (3x forward for

@@ -161,7 +161,8 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
     flops = dit_forward_flops(dit_config(model_cfg.flavor), data.latent_thw, data.text_tokens)
     metrics = MetricsProcessor(run_dir, dist_info.device, flops, data.tokens_per_sample, dist_info.world_size,
                                dist_info.is_main)
-    progress = _progress(start, train_cfg.max_steps, dist_info.is_main)
+    metrics.forget_after(start)  # steps logged after the checkpoint we resume from are redone
+    progress = _Progress(start, train_cfg.max_steps, dist_info.is_main)
     record: dict = {}
     params = list(model.net.parameters())
     try:
@@ -234,7 +235,7 @@ def _global_mean(value: torch.Tensor) -> float:
     return value.item()
 
 
-class _progress:
+class _Progress:
     """A tqdm bar on rank 0 showing step, loss and throughput (nothing on other ranks)."""
 
     def __init__(self, start: int, total: int, enabled: bool):
