@@ -1,6 +1,6 @@
-"""Activation checkpointing and FSDP2 sharding of the DiT. Activation checkpointing is switched by the recipe's `[model] activation_checkpointing`.
+"""Activation checkpointing and FSDP2 sharding of the DiT.
 
-Modes:
+Activation checkpointing is switched by the recipe's `[model] activation_checkpointing`. Modes:
 * "none": every activation is kept for backward.
 * "full": each block (and the final layer) keeps only its inputs; backward recomputes its forward.
 * "selective": as "full", but the outputs of the attention kernels are kept. Attention is most of the

@@ -61,10 +61,26 @@ def build_text_encoder(model_cfg: ModelConfig, dataset_dir: Path, device: torch.
     return TextEncoder(folder, device=device, dtype=dtype)
 
 
+class LatentEncoder:
+    """The frozen VAE as the cache and the online path use it: `encode(video)` with the recipe's tiling
+    switch (`[model] vae_tiled`); tiled and untiled latents agree to float rounding, so they share an identity."""
+
+    def __init__(self, vae: WanVAE, tiled: bool):
+        self.vae, self.tiled = vae, tiled
+        self.dtype = vae.dtype
+
+    @property
+    def identity(self) -> str:
+        return self.vae.identity
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(video, tiled=self.tiled)
+
+
 class TrainingData:
     """Endless (x0 [B, C, T, H, W] float32, text [B, N, C_text]) batches for one rank, resumable."""
 
-    def __init__(self, loader, text_by_prompt: dict[str, torch.Tensor], vae: WanVAE | None, device: torch.device,
+    def __init__(self, loader, text_by_prompt: dict[str, torch.Tensor], vae: LatentEncoder | None, device: torch.device,
                  latent_thw: tuple[int, int, int]):
         self.loader = loader
         self.text_by_prompt = text_by_prompt
@@ -104,7 +120,7 @@ def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg:
     records = load_records(dataset_dir)
     videos = VideoWindowDataset(records, data_cfg.num_frames, data_cfg.height, data_cfg.width,
                                 make_decoder(data_cfg.decoder))
-    vae = build_vae(model_cfg, device)
+    vae = LatentEncoder(build_vae(model_cfg, device), model_cfg.vae_tiled)
     text_encoder = build_text_encoder(model_cfg, dataset_dir, device)
     cache = LatentCache(dataset_dir)
     if data_cfg.cache == "windows":
