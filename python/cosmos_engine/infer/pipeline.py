@@ -39,6 +39,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from cosmos_engine.atomic import atomic_path
@@ -46,6 +47,7 @@ from cosmos_engine.config.schema import InferConfig, ModelConfig
 from cosmos_engine.errors import CheckpointError, RecipeError
 from cosmos_engine.infer import unipc
 from cosmos_engine.infer.sample_files import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from cosmos_engine.parallel.distributed import setup_distributed
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +154,16 @@ def condition_pixels(cfg: InferConfig) -> torch.Tensor:
 
 def guided_velocity(net: torch.nn.Module, *, text_cond: torch.Tensor, text_uncond: torch.Tensor, guidance: float,
                     condition_x0: torch.Tensor, condition_mask: torch.Tensor, noise: torch.Tensor, fps: float,
-                    conditional_frame_timestep: float | None = None) -> unipc.VelocityFn:
+                    conditional_frame_timestep: float | None = None,
+                    split_branches: bool = False) -> unipc.VelocityFn:
     """The official Video2World velocity with classifier-free guidance, for `unipc_steps`.
 
     Per call: both branches conditioned as the official `denoise` does (condition frames replaced by their
     clean latent, optional per-frame timesteps), run as ONE DiT call of batch 2B (cond first, then uncond
     with the negative prompt's embedding), the condition frames' velocity replaced by noise - x0, then
     v = v_c + g (v_c - v_u). Shapes: x0, noise [B, C, T, H, W]; mask [B, 1, T, H, W]; texts [B, N, D].
+    With `split_branches` (a torchrun job of 2 ranks) rank 0 evaluates the conditional branch and rank 1 the
+    unconditional one, and an all-gather gives both ranks both velocities: half the DiT work per GPU.
     """
     batch = noise.shape[0]
     text = torch.cat([text_cond, text_uncond])
@@ -169,6 +174,16 @@ def guided_velocity(net: torch.nn.Module, *, text_cond: torch.Tensor, text_uncon
     # The padding mask is in pixels (the network resizes it to the latent grid): zeros, as the official batch.
     padding = torch.zeros((2 * batch, 1, 8 * h, 8 * w), dtype=torch.float32, device=noise.device)
 
+    def velocity_split(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x_in, t_in = unipc.condition_inputs(x, t, condition_x0, condition_mask, conditional_frame_timestep)
+        mine = text_cond if dist.get_rank() == 0 else text_uncond
+        v = net(x_B_C_T_H_W=x_in, timesteps_B_T=t_in, crossattn_emb=mine, condition_video_input_mask_B_C_T_H_W=condition_mask,
+                fps=fps2[:batch], padding_mask=padding[:batch])
+        v = unipc.condition_velocity(v, condition_x0, condition_mask, noise).contiguous()
+        v_cond, v_uncond = torch.empty_like(v), torch.empty_like(v)
+        dist.all_gather([v_cond, v_uncond], v)
+        return v_cond + guidance * (v_cond - v_uncond)
+
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x_in, t_in = unipc.condition_inputs(x, t, condition_x0, condition_mask, conditional_frame_timestep)
         v = net(x_B_C_T_H_W=x_in.repeat(2, 1, 1, 1, 1), timesteps_B_T=t_in.repeat(2, 1), crossattn_emb=text,
@@ -176,11 +191,11 @@ def guided_velocity(net: torch.nn.Module, *, text_cond: torch.Tensor, text_uncon
         v_cond, v_uncond = unipc.condition_velocity(v, x0_2, mask2, noise2).chunk(2)
         return v_cond + guidance * (v_cond - v_uncond)
 
-    return velocity
+    return velocity_split if split_branches else velocity
 
 
 def sample_latent(net: torch.nn.Module, cfg: InferConfig, *, text_cond: torch.Tensor, text_uncond: torch.Tensor,
-                  condition_x0: torch.Tensor, progress: bool = True) -> torch.Tensor:
+                  condition_x0: torch.Tensor, progress: bool = True, split_branches: bool = False) -> torch.Tensor:
     """The final latent [1, C, T', h, w] float32 of one sample. `condition_x0` [1, C, T', h, w] (the latent's
     shape) holds the clean latent of the condition frames in its first n frames; the rest is ignored."""
     device = condition_x0.device
@@ -193,7 +208,8 @@ def sample_latent(net: torch.nn.Module, cfg: InferConfig, *, text_cond: torch.Te
     schedule = unipc.flow_schedule(cfg.num_steps, cfg.shift, karras_sigmas=variant.karras_sigmas)
     velocity = guided_velocity(net, text_cond=text_cond, text_uncond=text_uncond, guidance=cfg.guidance,
                                condition_x0=condition_x0.float(), condition_mask=mask, noise=noise, fps=cfg.fps,
-                               conditional_frame_timestep=variant.conditional_frame_timestep)
+                               conditional_frame_timestep=variant.conditional_frame_timestep,
+                               split_branches=split_branches)
     from tqdm import tqdm
 
     bar = tqdm(total=schedule.num_steps, desc=f"{cfg.name}", unit="step", file=sys.stderr, disable=not progress,
@@ -266,10 +282,6 @@ class InferResult:
     frames: np.ndarray     # uint8 [T, H, W, 3], what the MP4 holds before compression
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _checkpoint(model_cfg: ModelConfig, cfg: InferConfig) -> str:
     path = cfg.checkpoint_path or model_cfg.checkpoint
     if not path:
@@ -306,7 +318,16 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     weights = {cfg.weights for cfg in samples.values()}
     if len(weights) != 1:
         raise RecipeError("the samples ask for different infer.weights; run them separately")
-    device = torch.device(device) if device is not None else default_device()
+    # Several ranks (torchrun): 2 ranks share each sample, cond / uncond branch each; more ranks take
+    # every world_size-th sample. One process works as before.
+    dist_info = setup_distributed()
+    split_branches = dist_info.world_size == 2
+    if dist_info.world_size > 2:
+        names = list(samples)[dist_info.rank::dist_info.world_size]
+        samples = {name: samples[name] for name in names}
+        if not samples:
+            return []
+    device = torch.device(device) if device is not None else dist_info.device
     dtype = _DTYPES[model_cfg.dtype]
     first = next(iter(samples.values()))
 
@@ -338,7 +359,9 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     for name, cfg in samples.items():
         latent = sample_latent(net, cfg, text_cond=embeddings[cfg.prompt][None],
                                text_uncond=embeddings[cfg.negative_prompt][None], condition_x0=condition[name],
-                               progress=progress)
+                               progress=progress and dist_info.is_main, split_branches=split_branches)
+        if split_branches and not dist_info.is_main:
+            continue  # both ranks hold the same latent; rank 0 decodes and writes it
         video = vae.decode(latent.to(vae.dtype), tiled=cfg.tiled_decode or model_cfg.vae_tiled)
         frames = to_uint8_frames(video)
         out_dir = Path(cfg.output_dir).expanduser()

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from cosmos_engine.config.schema import CheckpointConfig, DataConfig, JobConfig,
 from cosmos_engine.errors import UserError
 from cosmos_engine.models.flavors import dit_config
 from cosmos_engine.models.state_dict import build_dit
+from cosmos_engine.parallel.distributed import Distributed, setup_distributed
 from cosmos_engine.parallel.parallelize import apply_activation_checkpointing, apply_fsdp
 from cosmos_engine.train import ema as ema_lib
 from cosmos_engine.train import optim, step as step_lib
@@ -53,32 +53,6 @@ def run_dir_for(job: JobConfig) -> Path:
     """$IMAGINAIRE_OUTPUT_ROOT/PROJECT/GROUP/NAME, as the official trainer lays out its jobs."""
     root = job.output_root or os.environ.get("IMAGINAIRE_OUTPUT_ROOT", DEFAULT_OUTPUT_ROOT)
     return Path(root) / job.project / job.group / job.name
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Distributed:
-    """One process, or one rank of a torchrun job (gloo on the CPU, NCCL on GPUs)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return Distributed(rank, world_size, device)
 
 
 class Diffusion(nn.Module):
