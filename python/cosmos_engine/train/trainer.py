@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from cosmos_engine.config.schema import CheckpointConfig, DataConfig, JobConfig, ModelConfig, TrainConfig
 from cosmos_engine.errors import UserError
+from cosmos_engine.models.cosmos_dit import CosmosDiT
 from cosmos_engine.models.flavors import dit_config
 from cosmos_engine.models.state_dict import build_dit
 from cosmos_engine.parallel.distributed import Distributed, setup_distributed
@@ -69,23 +70,45 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int) -> Diffusion:
-    """The DiT (weights loaded or initialised), checkpointed, sharded when there are several ranks, plus the
-    fp32 EMA copy. train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode, gradients
-    and Adam moments follow the parameters); "fp32-master" and "fp32": fp32 parameters, gradients and moments
-    (fp32-master computes in bf16 under autocast, see `_compute_context`)."""
+    """The DiT and its fp32 EMA, checkpointed and (several ranks) sharded, with the initial weights.
+
+    One process: built on the meta device, materialized, loaded or initialised (`build_dit`), wrapped.
+    Several ranks (torchtitan's order): built on the meta device, activation-checkpointed, FSDP2-sharded,
+    then materialized shard by shard; the weights (the checkpoint, or the seeded random init) are read into
+    host memory and each rank copies its shards from them, so no device ever holds the whole model.
+    train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode; gradients and Adam moments
+    follow the parameters); "fp32-master" and "fp32": fp32 parameters, gradients and moments (fp32-master
+    computes in bf16 under autocast, see `_compute_context`)."""
     dtype = _DTYPES[model_cfg.dtype] if train_cfg.precision == "bf16" else torch.float32
     cfg = dit_config(model_cfg.flavor)
-    # A random init depends on the seed alone, not on what ran before: the same on every rank (FSDP keeps
-    # each rank's shard of it) and in every run of the recipe.
-    with torch.random.fork_rng(devices=[dist_info.device] if dist_info.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        net = build_dit(cfg, model_cfg.checkpoint or None, device=dist_info.device, dtype=dtype)
-    net_ema = copy.deepcopy(net).float().requires_grad_(False) if train_cfg.ema else None
+
+    def initial_weights() -> nn.Module:
+        # A random init depends on the seed alone, not on what ran before: the same in every run of the recipe.
+        with torch.random.fork_rng(devices=[dist_info.device] if dist_info.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return build_dit(cfg, model_cfg.checkpoint or None, device="cpu" if dist_info.world_size > 1
+                             else dist_info.device, dtype=dtype)
+
+    if dist_info.world_size == 1:
+        net = initial_weights()
+        net_ema = copy.deepcopy(net).float().requires_grad_(False) if train_cfg.ema else None
+        apply_activation_checkpointing(net, model_cfg.activation_checkpointing)
+        return Diffusion(net, net_ema)
+
+    with torch.device("meta"):
+        net = CosmosDiT(cfg).to(dtype)
+        net_ema = CosmosDiT(cfg).float().requires_grad_(False) if train_cfg.ema else None
     apply_activation_checkpointing(net, model_cfg.activation_checkpointing)
-    if dist_info.world_size > 1:
-        apply_fsdp(net, dist_info.world_size, dist_info.device)
-        if net_ema is not None:
-            apply_fsdp(net_ema, dist_info.world_size, dist_info.device)
+    for module in (net, net_ema):
+        if module is not None:
+            apply_fsdp(module, dist_info.world_size, dist_info.device)
+            module.to_empty(device=dist_info.device)
+    full = initial_weights().state_dict()  # host memory (a .pt checkpoint is memory-mapped, shared by ranks)
+    whole = StateDictOptions(full_state_dict=True)  # each rank copies its own shard out of the full tensors
+    set_model_state_dict(net, full, options=whole)
+    if net_ema is not None:
+        set_model_state_dict(net_ema, {k: v.float() if v.is_floating_point() else v for k, v in full.items()},
+                             options=whole)
     return Diffusion(net, net_ema)
 
 
