@@ -51,7 +51,6 @@ from cosmos_engine.parallel.distributed import setup_distributed
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 MP4_CRF = 25            # imageio-ffmpeg quality 5 -> libx264 CRF ~25 (reference §5.5, UNVERIFIED mapping)
 PREVIEW_FRAMES = 4      # frames in the PNG strip
 
@@ -300,7 +299,7 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
 
     All samples must use the same DiT weights (one checkpoint is loaded). The tiny flavor's random text
     encoder is written once to `<output_dir>/.cache/tiny_reason1` (seeded: the one post-training used)."""
-    from cosmos_engine.models.flavors import dit_config
+    from cosmos_engine.models.flavors import dit_config, parameter_dtype
     from cosmos_engine.models.state_dict import build_dit
     from cosmos_engine.train.data import build_text_encoder, build_vae
 
@@ -328,7 +327,7 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
         if not samples:
             return []
     device = torch.device(device) if device is not None else dist_info.device
-    dtype = _DTYPES[model_cfg.dtype]
+    dtype = parameter_dtype(model_cfg.dtype)
     first = next(iter(samples.values()))
 
     # 1. Text embeddings (cond and negative), then free the encoder.

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
+
 from cosmos_engine.models.cosmos_dit import DiTConfig
 from cosmos_engine.models.wan_vae import VAEConfig
 
@@ -82,3 +84,8 @@ def vae_config(flavor: Flavor) -> VAEConfig:
     if flavor == "tiny":
         return VAEConfig(dim=16)
     raise ValueError(f"unknown flavor {flavor!r}; expected one of {sorted(FLAVORS)}")
+
+
+def parameter_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a recipe's `[model] dtype` ("bfloat16" or "float32")."""
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]

@@ -23,17 +23,14 @@ from cosmos_engine.config.schema import DataConfig, ModelConfig, TrainConfig
 from cosmos_engine.data.cache import CachedWindowDataset, LatentCache
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records, make_decoder
 from cosmos_engine.errors import RecipeError
-from cosmos_engine.models.flavors import vae_config
+from cosmos_engine.models.flavors import parameter_dtype, vae_config
 from cosmos_engine.models.text_encoder import TextEncoder, write_tiny_encoder
 from cosmos_engine.models.wan_vae import WanVAE, load_vae
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
 def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
-    dtype = _DTYPES[model_cfg.dtype]
+    dtype = parameter_dtype(model_cfg.dtype)
     if model_cfg.vae_path:
         return load_vae(model_cfg.vae_path, vae_config(model_cfg.flavor), device=device, dtype=dtype)
     if model_cfg.flavor != "tiny":
@@ -46,7 +43,7 @@ def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
 
 
 def build_text_encoder(model_cfg: ModelConfig, dataset_dir: Path, device: torch.device) -> TextEncoder:
-    dtype = _DTYPES[model_cfg.dtype]
+    dtype = parameter_dtype(model_cfg.dtype)
     folder = model_cfg.text_encoder_path
     if not folder:
         if model_cfg.flavor != "tiny":

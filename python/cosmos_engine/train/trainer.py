@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 from cosmos_engine.config.schema import CheckpointConfig, DataConfig, JobConfig, ModelConfig, TrainConfig
 from cosmos_engine.errors import UserError
 from cosmos_engine.models.cosmos_dit import CosmosDiT
-from cosmos_engine.models.flavors import dit_config
+from cosmos_engine.models.flavors import dit_config, parameter_dtype
 from cosmos_engine.models.state_dict import build_dit
 from cosmos_engine.parallel.distributed import Distributed, setup_distributed
 from cosmos_engine.parallel.parallelize import apply_activation_checkpointing, apply_fsdp
@@ -66,9 +66,6 @@ class Diffusion(nn.Module):
             self.net_ema = net_ema
 
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int) -> Diffusion:
     """The DiT and its fp32 EMA, checkpointed and (several ranks) sharded, with the initial weights.
 
@@ -79,7 +76,7 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
     train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode; gradients and Adam moments
     follow the parameters); "fp32-master" and "fp32": fp32 parameters, gradients and moments (fp32-master
     computes in bf16 under autocast, see `_compute_context`)."""
-    dtype = _DTYPES[model_cfg.dtype] if train_cfg.precision == "bf16" else torch.float32
+    dtype = parameter_dtype(model_cfg.dtype) if train_cfg.precision == "bf16" else torch.float32
     cfg = dit_config(model_cfg.flavor)
 
     def initial_weights() -> nn.Module:
