@@ -32,20 +32,23 @@ bool use_avx2() {
 #endif
 }
 
+// Runs the forward or backward kernels (by the params type) of the best instruction set of this CPU.
+template <typename Params>
+void run_kernels(const Params& p, const at::Tensor& x, const at::Tensor& scale) {
+  TORCH_CHECK(x.is_cpu(), "adaln_layernorm: the CPU kernel got 'x' on ", x.device());
+  const CpuDtype dtype = cpu_dtype(x.scalar_type());
+  const bool mod32 = fp32_modulation(x, scale);
+#if defined(COSMOS_ENGINE_CPU_AVX2)
+  if (use_avx2()) return avx2::run(p, dtype, mod32);
+#endif
+  baseline::run(p, dtype, mod32);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_layernorm_fwd_cpu(
     const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, int64_t tokens_per_frame,
     double eps) {
   FwdCall c = prepare_fwd(x, shift, scale, tokens_per_frame, eps);
-  TORCH_CHECK(c.x.is_cpu(), "adaln_layernorm: the CPU kernel got 'x' on ", c.x.device());
-  const CpuDtype dtype = cpu_dtype(c.x.scalar_type());
-  const bool mod32 = fp32_modulation(c.x, c.scale);
-#if defined(COSMOS_ENGINE_CPU_AVX2)
-  if (use_avx2()) {
-    avx2::fwd(c.params, dtype, mod32);
-    return {c.out, c.mean, c.rstd};
-  }
-#endif
-  baseline::fwd(c.params, dtype, mod32);
+  run_kernels(c.params, c.x, c.scale);
   return {c.out, c.mean, c.rstd};
 }
 
@@ -53,16 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_layernorm_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& mean,
     const at::Tensor& rstd, int64_t tokens_per_frame) {
   BwdCall c = prepare_bwd(grad_out, x, scale, mean, rstd, tokens_per_frame);
-  TORCH_CHECK(c.x.is_cpu(), "adaln_layernorm: the CPU kernel got 'x' on ", c.x.device());
-  const CpuDtype dtype = cpu_dtype(c.x.scalar_type());
-  const bool mod32 = fp32_modulation(c.x, c.scale);
-#if defined(COSMOS_ENGINE_CPU_AVX2)
-  if (use_avx2()) {
-    avx2::bwd(c.params, dtype, mod32);
-    return {c.grad_x, c.grad_shift, c.grad_scale};
-  }
-#endif
-  baseline::bwd(c.params, dtype, mod32);
+  run_kernels(c.params, c.x, c.scale);
   return {c.grad_x, c.grad_shift, c.grad_scale};
 }
 

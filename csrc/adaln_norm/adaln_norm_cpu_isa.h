@@ -10,8 +10,8 @@ enum class CpuDtype { kFloat, kDouble, kBFloat16, kHalf };
 // fp32_modulation: shift/scale are float32 while x is another dtype (else they have x's dtype).
 #define COSMOS_DECLARE_CPU_ISA(ISA)                                          \
   namespace ISA {                                                            \
-  void fwd(const FwdParams& p, CpuDtype x, bool fp32_modulation);            \
-  void bwd(const BwdParams& p, CpuDtype x, bool fp32_modulation);            \
+  void run(const FwdParams& p, CpuDtype x, bool fp32_modulation);            \
+  void run(const BwdParams& p, CpuDtype x, bool fp32_modulation);            \
   }
 
 COSMOS_DECLARE_CPU_ISA(baseline)
