@@ -91,7 +91,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", nargs="?", help="folder of .mp4 clips (captions: --prompt, or <stem>.txt beside each clip)")
-    p.add_argument("--out", required=True, help="dataset folder to write (videos/, metas/, manifest.json)")
+    p.add_argument("--out", help="dataset folder to write (videos/, metas/, manifest.json); with --cache alone, "
+                                 "the dataset to cache (default: the recipe's data.dataset_dir)")
     p.add_argument("--prompt", help='caption for every video, e.g. "A video of sks teal robot."')
     p.add_argument("--num-frames", type=int, default=None,
                    help="shortest usable video, in frames: the recipe's data.num_frames (default 93)")
@@ -103,30 +104,61 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frames", type=int, default=33, help="frames per synthetic clip, 1+4k (default 33)")
     g.add_argument("--size", type=_size, default=(64, 112), metavar="HxW", help="synthetic frame size (default 64x112)")
     g.add_argument("--fps", type=float, default=16.0, help="synthetic frame rate (default 16)")
+    g = p.add_argument_group("latent cache (what `run` would encode before its first step)")
+    g.add_argument("--cache", metavar="RECIPE", help="then encode the dataset's windows and captions as RECIPE trains "
+                                                     "on them (its [model] and [data] tables; data.dataset_dir = --out)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override one value of the --cache recipe (repeatable)")
 
 
-@command("prepare", "turn a folder of clips (or --synthetic N) into a training dataset", _prepare_arguments)
+@command("prepare", "turn a folder of clips (or --synthetic N) into a training dataset; --cache encodes it",
+         _prepare_arguments)
 def _prepare(args: argparse.Namespace) -> int:
     from cosmos_engine.data.prepare import prepare_synthetic, prepare_videos
     from cosmos_engine.data.synthetic import DEFAULT_PROMPT
 
-    if (args.src is None) == (args.synthetic is None):
-        raise UserError("give either SRC (a folder of videos) or --synthetic N, not both or neither")
+    if args.src is not None and args.synthetic is not None:
+        raise UserError("give either SRC (a folder of videos) or --synthetic N, not both")
+    if args.src is None and args.synthetic is None and args.cache is None:
+        raise UserError("give SRC (a folder of videos), --synthetic N, or --cache RECIPE to encode an existing dataset")
     if args.synthetic is not None and args.num_frames is not None:
         raise UserError("--num-frames applies to SRC videos; synthetic clips are checked against --frames")
+    if args.overrides and args.cache is None:
+        raise UserError("--set overrides values of the --cache recipe; give --cache RECIPE")
+    if (args.src is not None or args.synthetic is not None) and args.out is None:
+        raise UserError("--out DATASET is required to prepare a dataset")
     if args.synthetic is not None:
         height, width = args.size
         result = prepare_synthetic(args.out, count=args.synthetic, seed=args.seed, frames=args.frames, height=height,
                                    width=width, fps=args.fps, prompt=args.prompt or DEFAULT_PROMPT)
-    else:
+    elif args.src is not None:
         result = prepare_videos(args.src, args.out, prompt=args.prompt, num_frames=args.num_frames or 93,
                                 skip_bad=args.skip_bad, copy=args.copy)
-    print(f"{result.out}: {len(result.videos)} videos ready ({result.written} files written, {result.removed} removed)")
-    if result.bad:
-        print(f"skipped {len(result.bad)} unusable files:")
-        for bad in result.bad:
-            print(f"  {bad.reason}")
+    else:
+        result = None
+    if result is not None:
+        print(f"{result.out}: {len(result.videos)} videos ready ({result.written} files written, {result.removed} removed)")
+        if result.bad:
+            print(f"skipped {len(result.bad)} unusable files:")
+            for bad in result.bad:
+                print(f"  {bad.reason}")
+    if args.cache is not None:
+        _fill_cache(args.cache, args.overrides, args.out)
     return 0
+
+
+def _fill_cache(recipe_path: str, overrides: list[str], dataset_dir: str | None) -> None:
+    from cosmos_engine.config import load_recipe
+    from cosmos_engine.parallel.distributed import setup_distributed
+    from cosmos_engine.train.data import fill_cache
+
+    if dataset_dir is not None:
+        overrides = [*overrides, f"data.dataset_dir={json.dumps(str(dataset_dir))}"]
+    recipe = load_recipe(recipe_path, overrides)
+    _, _, _, stats = fill_cache(recipe.model, recipe.data, setup_distributed().device)
+    what = "windows and captions" if recipe.data.cache == "windows" else 'captions only (the recipe has cache = "off")'
+    print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {stats.texts_encoded} "
+          f"captions encoded, {stats.hits} already cached, {stats.corrupt} unreadable entries recomputed")
 
 
 # -------------------------------------------------------------------------------------------- convert

@@ -184,7 +184,48 @@ def test_synthetic_cli_defaults_suit_a_tiny_recipe(tmp_path, capsys):
 
 def test_cli_needs_exactly_one_source(tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path / "d")]) == 2
-    assert "either SRC" in capsys.readouterr().err
+    assert "give SRC" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path), "--synthetic", "1", "--out", str(tmp_path / "d")]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+TINY_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny_posttrain.toml"
+SMALL_WINDOWS = ["--set", "data.num_frames=5", "--set", "data.height=32", "--set", "data.width=48",
+                 "--set", "data.num_workers=0"]
+
+
+def test_prepare_cache_encodes_every_window_once_for_the_recipe(tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["prepare", "--synthetic", "2", "--frames", "9", "--size", "32x48", "--out", str(out),
+            "--cache", str(TINY_RECIPE), *SMALL_WINDOWS]
+    assert main(args) == 0
+    # 9-frame clips, 5-frame windows: starts 0 and 4 in each of the 2 videos; one caption.
+    assert "4 latents and 1 captions encoded, 0 already cached" in capsys.readouterr().out
+    latents = sorted((out / "cache" / "latents").rglob("*.safetensors"))
+    assert len(latents) == 4 and len({p.parent.name for p in latents}) == 2
+    # Caching an existing dataset (no SRC) finds everything: what `run` builds before its first step is there.
+    assert main(["prepare", "--out", str(out), "--cache", str(TINY_RECIPE), *SMALL_WINDOWS]) == 0
+    assert "0 latents and 0 captions encoded, 5 already cached" in capsys.readouterr().out
+    # Another training size is another set of entries.
+    assert main(["prepare", "--out", str(out), "--cache", str(TINY_RECIPE), *SMALL_WINDOWS[:-6],
+                 "--set", "data.height=16", "--set", "data.width=32", "--set", "data.num_workers=0"]) == 0
+    assert "4 latents and 0 captions encoded, 1 already cached" in capsys.readouterr().out
+
+
+def test_prepare_cache_with_the_cache_off_encodes_captions_only(tmp_path, capsys):
+    out = tmp_path / "d"
+    prepare_synthetic(out, count=1, frames=9, height=32, width=48)
+    assert main(["prepare", "--out", str(out), "--cache", str(TINY_RECIPE), *SMALL_WINDOWS,
+                 "--set", "data.cache=off"]) == 0
+    assert "captions only" in capsys.readouterr().out
+    assert not (out / "cache" / "latents").exists() and len(list((out / "cache" / "text").iterdir())) == 1
+
+
+def test_prepare_cache_errors_name_what_is_wrong(tmp_path, capsys):
+    assert main(["prepare", "--out", str(tmp_path / "d"), "--set", "data.num_frames=5"]) == 2
+    assert "--cache RECIPE" in capsys.readouterr().err
+    assert main(["prepare", "--out", str(tmp_path / "missing"), "--cache", str(TINY_RECIPE)]) == 2
+    assert "missing" in capsys.readouterr().err
 
 
 def test_encode_is_deterministic():

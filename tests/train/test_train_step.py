@@ -71,7 +71,7 @@ def test_clip(case, stepped):
     assert coefficient == pytest.approx(case["outputs"]["clip_coefficient"], rel=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before:UserWarning")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before:UserWarning")
 @pytest.mark.parametrize("probe", ["adamw_step0", "adamw_probe_sched_step1000"])
 def test_adamw_step_and_ema(case, stepped, probe):
     net, _, _ = clipped_copy(case, stepped)

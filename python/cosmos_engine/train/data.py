@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from cosmos_engine.config.schema import DataConfig, ModelConfig, TrainConfig
-from cosmos_engine.data.cache import CachedWindowDataset, LatentCache
+from cosmos_engine.data.cache import BuildStats, CachedWindowDataset, LatentCache
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records, make_decoder
 from cosmos_engine.errors import RecipeError
 from cosmos_engine.models.flavors import parameter_dtype, vae_config
@@ -28,6 +28,7 @@ from cosmos_engine.models.text_encoder import TextEncoder, write_tiny_encoder
 from cosmos_engine.models.wan_vae import WanVAE, load_vae
 
 log = logging.getLogger(__name__)
+
 
 def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
     dtype = parameter_dtype(model_cfg.dtype)
@@ -111,24 +112,34 @@ class TrainingData:
         self.loader.load_state_dict(state)
 
 
-def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int, rank: int,
-                        world_size: int, device: torch.device) -> TrainingData:
+def fill_cache(model_cfg: ModelConfig, data_cfg: DataConfig, device: torch.device, *, rank: int = 0,
+               world_size: int = 1) -> tuple[VideoWindowDataset, LatentEncoder, str, BuildStats]:
+    """Encode what a run of this recipe reads before its first step and is not cached yet: every window and
+    caption (`cache = "windows"`), or the captions only (`cache = "off"`). Used by training and by
+    `cosmos-engine prepare --cache RECIPE`. Returns the video windows, the VAE, the text encoder's identity
+    (the encoder itself is dropped here, before the DiT is built) and what the build did. Several ranks
+    share the work; the caller waits for all of them before reading."""
     dataset_dir = Path(data_cfg.dataset_dir)
-    records = load_records(dataset_dir)
-    videos = VideoWindowDataset(records, data_cfg.num_frames, data_cfg.height, data_cfg.width,
+    videos = VideoWindowDataset(load_records(dataset_dir), data_cfg.num_frames, data_cfg.height, data_cfg.width,
                                 make_decoder(data_cfg.decoder))
     vae = LatentEncoder(build_vae(model_cfg, device), model_cfg.vae_tiled)
     text_encoder = build_text_encoder(model_cfg, dataset_dir, device)
     cache = LatentCache(dataset_dir)
     if data_cfg.cache == "windows":
-        cache.build(videos, vae, text_encoder, device=device, num_workers=data_cfg.num_workers, rank=rank,
-                    world_size=world_size)
+        stats = cache.build(videos, vae, text_encoder, device=device, num_workers=data_cfg.num_workers, rank=rank,
+                            world_size=world_size)
     else:  # captions only: they are encoded once per run whatever the setting
-        cache.build_text(videos, text_encoder, rank=rank, world_size=world_size)
+        stats = cache.build_text(videos, text_encoder, rank=rank, world_size=world_size)
+    return videos, vae, text_encoder.identity, stats
+
+
+def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int, rank: int,
+                        world_size: int, device: torch.device) -> TrainingData:
+    videos, vae, text_identity, _ = fill_cache(model_cfg, data_cfg, device, rank=rank, world_size=world_size)
     if dist.is_initialized():
         dist.barrier()
-    text_by_prompt = cache.text_embeddings([r.prompt for r in records], text_encoder.identity)
-    del text_encoder  # frozen and no longer needed: free its memory before the DiT is built
+    cache = LatentCache(Path(data_cfg.dataset_dir))
+    text_by_prompt = cache.text_embeddings([r.prompt for r in videos.records], text_identity)
     if data_cfg.cache == "windows":
         dataset = CachedWindowDataset(cache, videos, vae.identity)
         online_vae = None
@@ -140,6 +151,6 @@ def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg:
     s = vae_config(model_cfg.flavor).spatial_factor
     t = vae_config(model_cfg.flavor).temporal_factor
     latent_thw = (1 + (data_cfg.num_frames - 1) // t, data_cfg.height // s, data_cfg.width // s)
-    log.info("training data: %d videos, cache=%s, latent %s, %d text tokens", len(records), data_cfg.cache,
+    log.info("training data: %d videos, cache=%s, latent %s, %d text tokens", len(videos.records), data_cfg.cache,
              latent_thw, next(iter(text_by_prompt.values())).shape[0])
     return TrainingData(loader, text_by_prompt, online_vae, device, latent_thw)
