@@ -45,8 +45,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 10) -> list[float]:
-    """Seconds per call, one entry per repetition (at least 10 on the CPU)."""
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 10,
+            min_cpu_reps: int = 10) -> list[float]:
+    """Seconds per call, one entry per repetition (at least `min_cpu_reps` on the CPU)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -62,7 +63,7 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         return times
-    for _ in range(max(reps, 10)):
+    for _ in range(max(reps, min_cpu_reps)):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
