@@ -6,12 +6,14 @@
 #   TORCH_SPEC=torch==2.14.1   the torch to install (its CUDA build lets the CUDA kernels compile)
 #   COSMOS_ENGINE_CUDA=AUTO    AUTO | ON | OFF: build the CUDA kernels (ON fails when it cannot)
 #   PYTHON=python3             the interpreter that creates the venv
+#   EXTRAS=test                the optional dependency groups to install (e.g. test,dali)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-test}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
@@ -21,5 +23,5 @@ exec 2> >(grep --line-buffered -v "is ignored: it is neither a file nor a direct
 "${PIP[@]}" install -q "$TORCH_SPEC" "scikit-build-core>=0.10" "cmake>=3.26" ninja
 # CUTLASS/CuTe headers only: the wheel's Python dependencies are not needed to compile against them.
 "${PIP[@]}" install -q --no-deps nvidia-cutlass==4.2.0.0
-"${PIP[@]}" install -q --no-build-isolation -e ".[test]"
+"${PIP[@]}" install -q --no-build-isolation -e ".[$EXTRAS]"
 "$VENV/bin/cosmos-engine" info

@@ -75,7 +75,7 @@ def time_vae_encode(frame_counts: list[int], window: int, device: torch.device, 
     for frames in frame_counts:
         video = torch.rand(1, 3, frames, HEIGHT, WIDTH, device=device, dtype=dtype) * 2 - 1
         with torch.inference_mode():
-            times = time_fn(lambda: vae.encode(video), device, warmup=0 if device.type == "cpu" else 1, reps=reps,
+            times = time_fn(lambda video=video: vae.encode(video), device, warmup=0 if device.type == "cpu" else 1, reps=reps,
                             min_cpu_reps=1)
         points.append({"frames": frames, "chunks": (frames - 1) // 4, "seconds": median(times), "times": times})
         print(f"  VAE encode {frames} x {HEIGHT} x {WIDTH}: {median(times):.2f} s", flush=True)

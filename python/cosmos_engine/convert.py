@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import pathlib
 import pickle
 import warnings
 from pathlib import Path
@@ -35,15 +34,13 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from cosmos_engine.atomic import atomic_path
 from cosmos_engine.errors import CheckpointError
+from cosmos_engine.models.state_dict import METADATA_FILE, dcp_reader
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,6 @@ EMA_BF16_FILE = "model_ema_bf16.pt"
 NET_PREFIX = "net."
 EMA_PREFIX = "net_ema."
 LATEST_FILE = "latest_checkpoint.txt"
-METADATA_FILE = ".metadata"
 
 
 def find_model_dir(checkpoint: str | os.PathLike) -> Path:
@@ -102,7 +98,7 @@ def load_model_checkpoint(model_dir: str | os.PathLike, *, trust_checkpoint: boo
     is neither `net.*` nor `net_ema.*` (e.g. an optimizer folder was given), before reading any data.
     """
     model_dir = Path(model_dir)
-    reader = FileSystemReader(model_dir) if trust_checkpoint else _RestrictedReader(model_dir)
+    reader = dcp_reader(model_dir, trust_checkpoint)
     try:
         metadata = reader.read_metadata()
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as exc:
@@ -190,50 +186,6 @@ def _save_atomic(state: dict[str, Any], path: Path) -> Path:
         torch.save(state, tmp)
     log.info("wrote %s (%d entries)", path, len(state))
     return path
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading DCP without unpickling arbitrary objects
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP's metadata objects and nothing else: the classes of `torch.distributed.checkpoint.metadata`,
-    the file-system reader's `_StorageInfo`, torch sizes, dtypes and layouts, and paths."""
-
-    _ALLOWED = {
-        ("torch", "Size"): torch.Size,
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
-        ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-        ("pathlib", "PosixPath"): pathlib.PosixPath,
-        ("pathlib", "WindowsPath"): pathlib.WindowsPath,
-        ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
-        ("pathlib", "PureWindowsPath"): pathlib.PureWindowsPath,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[module, name]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module == dcp_metadata.__name__ and isinstance(getattr(dcp_metadata, name, None), type):
-            return getattr(dcp_metadata, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (pass --trust-checkpoint if you trust "
-                                     "this checkpoint's source)")
-
-
-class _RestrictedReader(FileSystemReader):
-    """A FileSystemReader whose `.metadata` is read by `_MetadataUnpickler` instead of `pickle.load`."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        with open(Path(self.path) / METADATA_FILE, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
-        if not isinstance(metadata, Metadata):
-            raise pickle.UnpicklingError(f"expected a DCP Metadata object, got {type(metadata).__name__}")
-        if metadata.storage_meta is None:
-            metadata.storage_meta = dcp_metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
 
 
 class _Planner(DefaultLoadPlanner):

@@ -102,6 +102,44 @@ def test_native_size_is_only_transposed_and_unit_range_spans_minus_one_to_one():
     assert torch.equal(unit, out.float() / 127.5 - 1)
 
 
+@pytest.fixture(scope="module")
+def vp9_gop_clip(tmp_path_factory):
+    """The grey-index frames as VP9 (a codec DALI's CPU decoder reads), a key frame every 8 frames."""
+    import av
+
+    path = tmp_path_factory.mktemp("clips") / "gop8_vp9.webm"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libvpx-vp9", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "8", "crf": "20", "b:v": "0", "threads": "1"}
+        for frame in grey_index_frames(40):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("indices", [range(0, 9), range(5, 14), range(11, 20), range(31, 40), [17, 12, 12, 30]])
+def test_dali_pipeline_on_its_cpu_backend_reads_the_frames_asked_for(vp9_gop_clip, indices):
+    """The DALI decoder's pipeline (external sources, start_frame/sequence_length, frame bookkeeping) on
+    DALI's CPU backend, which decodes VP9 but not H.264; the GPU backend is the `cuda` test below."""
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (the optional 'dali' extra)")
+    from cosmos_engine.data.decode_dali import DALIDecoder
+
+    frames = DALIDecoder(backend="cpu").read_frames(vp9_gop_clip, indices)
+    assert frames.device.type == "cpu" and frames.dtype == torch.uint8 and frames.shape == (len(indices), 48, 64, 3)
+    assert decoded_indices(frames) == list(indices)
+    pyav = PyAVDecoder().read_frames(vp9_gop_clip, indices)
+    assert (frames.int() - pyav.int()).abs().max() <= 2  # colour conversion may round differently
+
+
+def test_dali_past_the_end_names_the_file(vp9_gop_clip):
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (the optional 'dali' extra)")
+    from cosmos_engine.data.decode_dali import DALIDecoder
+
+    with pytest.raises(DatasetError, match="gop8_vp9.webm"):
+        DALIDecoder(backend="cpu").read_frames(vp9_gop_clip, [38, 40])
+
+
 @pytest.mark.cuda
 def test_dali_reads_the_same_frames_as_pyav(gop_clip):
     from cosmos_engine.data.decode_dali import DALIDecoder

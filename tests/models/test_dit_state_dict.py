@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import tarfile
 
 import pytest
@@ -163,3 +164,22 @@ def test_random_init_without_checkpoint():
     assert model.dtype == torch.bfloat16
     assert not any(t.is_meta for t in model.state_dict().values())
     assert torch.equal(model.pos_embedder.seq, torch.arange(128, dtype=torch.bfloat16))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this must not run",))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_dcp_metadata_is_not_unpickled_freely(tmp_path, states, capsys):
+    """A DCP `.metadata` is a pickle: building from it must refuse code in it unless the checkpoint is trusted."""
+    net, ema = states
+    folder = tmp_path / "iter_000000010" / "model"
+    state = {k: v for k, v in official_layout(net, ema).items() if not k.endswith("_extra_state")}
+    dcp.save(state, storage_writer=FileSystemWriter(folder), no_dist=True)
+    (folder / ".metadata").write_bytes(pickle.dumps(RunsCode()))
+    for load in (lambda: build_dit(TINY, folder), lambda: read_state_dict(folder)):
+        with pytest.raises(CheckpointError, match="refusing to load builtins.print.*--trust-checkpoint"):
+            load()
+    assert "this must not run" not in capsys.readouterr().out

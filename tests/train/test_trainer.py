@@ -185,3 +185,20 @@ def test_fp32_master_keeps_fp32_state_and_trains(dataset, tmp_path):
     assert all(torch.isfinite(torch.tensor(losses(tmp_path, "master"))))
     weights = final_weights(tmp_path, "master", 3)
     assert weights["net.blocks.0.mlp.layer1.weight"].dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_bf16_mode_keeps_bf16_weights_and_moments_and_an_fp32_ema(dataset, tmp_path):
+    """The official pure-bf16 mode: parameters, gradients and AdamW moments in bf16; the EMA stays fp32."""
+    args = run_args(dataset, "bf16", 3, 3, "--set", "train.precision=\"bf16\"", "--set", "model.dtype=\"bfloat16\"")
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env_for(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path, "bf16"))))
+    weights = final_weights(tmp_path, "bf16", 3)
+    assert weights["net.blocks.0.mlp.layer1.weight"].dtype == torch.bfloat16
+    assert weights["net_ema.blocks.0.mlp.layer1.weight"].dtype == torch.float32
+    folder = tmp_path / "cosmos_predict_v2p5" / "tiny" / "bf16" / "checkpoints" / f"iter_{3:09d}" / "optim"
+    dcp_to_torch_save(folder, tmp_path / "optim.pt")
+    moments = {k: v for k, v in torch.load(tmp_path / "optim.pt", weights_only=True).items()
+               if k.endswith(("exp_avg", "exp_avg_sq"))}
+    assert moments and all(v.dtype == torch.bfloat16 for v in moments.values())

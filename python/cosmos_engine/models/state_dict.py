@@ -24,16 +24,19 @@ materialized parameters. The 2B model never exists twice in host memory while lo
 from __future__ import annotations
 
 import logging
+import pathlib
 import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
@@ -91,28 +94,76 @@ def check_keys(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Siz
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+METADATA_FILE = ".metadata"  # DCP's index of a checkpoint folder
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata objects and nothing else: the classes of `torch.distributed.checkpoint.metadata`,
+    the file-system reader's `_StorageInfo`, torch sizes, dtypes and layouts, and paths."""
+
+    _ALLOWED = {
+        ("torch", "Size"): torch.Size,
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
+        ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
+        ("pathlib", "PosixPath"): pathlib.PosixPath,
+        ("pathlib", "WindowsPath"): pathlib.WindowsPath,
+        ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
+        ("pathlib", "PureWindowsPath"): pathlib.PureWindowsPath,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[module, name]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module == dcp_metadata.__name__ and isinstance(getattr(dcp_metadata, name, None), type):
+            return getattr(dcp_metadata, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (pass --trust-checkpoint if you trust "
+                                     "this checkpoint's source)")
+
+
+class _RestrictedReader(FileSystemReader):
+    """A FileSystemReader whose `.metadata` is read by `_MetadataUnpickler` instead of `pickle.load`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        with open(Path(self.path) / METADATA_FILE, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if not isinstance(metadata, Metadata):
+            raise pickle.UnpicklingError(f"expected a DCP Metadata object, got {type(metadata).__name__}")
+        if metadata.storage_meta is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def dcp_reader(folder: str | Path, trust_checkpoint: bool = False) -> FileSystemReader:
+    """The storage reader of a DCP folder. The `.metadata` file is a pickle: unless the checkpoint is
+    trusted it is read by an unpickler that builds DCP's own metadata classes and refuses anything else."""
+    return FileSystemReader(folder) if trust_checkpoint else _RestrictedReader(folder)
+
+
 def dcp_folder(path: str | Path) -> Path | None:
     """The DCP folder (with `.metadata`) at `path` or at `path/model`, or None when `path` is not one."""
     path = Path(path)
     for folder in (path, path / "model"):
-        if (folder / ".metadata").is_file():
+        if (folder / METADATA_FILE).is_file():
             return folder
     return None
 
 
-def _dcp_tensor_shapes(folder: Path) -> dict[str, TensorStorageMetadata]:
+def _dcp_tensor_shapes(folder: Path, trust_checkpoint: bool) -> dict[str, TensorStorageMetadata]:
     try:
-        metadata = FileSystemReader(folder).read_metadata()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        metadata = dcp_reader(folder, trust_checkpoint).read_metadata()
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot read the DCP metadata ({e})") from e
     return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
 
-def _dcp_load(state: dict[str, torch.Tensor], folder: Path) -> None:
+def _dcp_load(state: dict[str, torch.Tensor], folder: Path, trust_checkpoint: bool) -> None:
     """Fill the tensors of `state` from the DCP folder, in place, in this process only."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, storage_reader=FileSystemReader(folder), no_dist=True)
+        dcp.load(state, storage_reader=dcp_reader(folder, trust_checkpoint), no_dist=True)
 
 
 def _load_pt(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
@@ -151,11 +202,11 @@ def read_state_dict(path: str | Path, *, weights: Weights = "ema", trust_checkpo
     folder = dcp_folder(path)
     if folder is None:
         return _read_pt(Path(path), weights, trust_checkpoint)[1]
-    shapes = _dcp_tensor_shapes(folder)
+    shapes = _dcp_tensor_shapes(folder, trust_checkpoint)
     prefix = choose_prefix(list(shapes), weights, folder)
     state = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in shapes.items()
              if k.startswith(prefix) and not k.endswith(EXTRA_STATE)}
-    _dcp_load(state, folder)
+    _dcp_load(state, folder, trust_checkpoint)
     return strip_official_prefix(state, prefix)
 
 
@@ -180,12 +231,12 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
     expected = {k: v.shape for k, v in model.state_dict().items()}
     folder = dcp_folder(checkpoint)
     if folder is not None:
-        shapes = _dcp_tensor_shapes(folder)
+        shapes = _dcp_tensor_shapes(folder, trust_checkpoint)
         prefix = choose_prefix(list(shapes), weights, folder)
         found = {k: md.size for k, md in strip_official_prefix(shapes, prefix).items()}
         check_keys(expected, found, f"DCP checkpoint {folder} ('{prefix}*')")
         model.to_empty(device=device)
-        _dcp_load({prefix + k: v for k, v in model.state_dict().items()}, folder)
+        _dcp_load({prefix + k: v for k, v in model.state_dict().items()}, folder, trust_checkpoint)
     else:
         prefix, sd = _read_pt(Path(checkpoint), weights, trust_checkpoint)
         check_keys(expected, {k: v.shape for k, v in sd.items()}, f"checkpoint {checkpoint} ('{prefix}*')")

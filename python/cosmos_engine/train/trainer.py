@@ -75,7 +75,7 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
     host memory and each rank copies its shards from them, so no device ever holds the whole model.
     train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode; gradients and Adam moments
     follow the parameters); "fp32-master" and "fp32": fp32 parameters, gradients and moments (fp32-master
-    computes in bf16 under autocast, see `_compute_context`)."""
+    computes in bf16 under autocast, see `compute_context`)."""
     dtype = parameter_dtype(model_cfg.dtype) if train_cfg.precision == "bf16" else torch.float32
     cfg = dit_config(model_cfg.flavor)
 
@@ -109,7 +109,7 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
     return Diffusion(net, net_ema)
 
 
-def _compute_context(precision: str, device: torch.device):
+def compute_context(precision: str, device: torch.device):
     """fp32-master: the fp32 parameters are the master weights and the matmuls run in bf16 (autocast casts
     each weight as it is used, so gradients and Adam state stay fp32); the DiT's fp32 islands stay fp32."""
     if precision == "fp32-master":
@@ -161,14 +161,14 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
     params = list(model.net.parameters())
     try:
         for iteration in range(start, train_cfg.max_steps):
-            clock = _PhaseClock(dist_info.device)
+            clock = PhaseClock(dist_info.device)
             x0, text = next(data)
             clock.lap("data")
             global_batch = train_cfg.batch_size * dist_info.world_size
             samples = [iteration * global_batch + dist_info.rank * train_cfg.batch_size + i
                        for i in range(train_cfg.batch_size)]
             draws = step_lib.draw_for_samples(job.seed, iteration, samples, x0.shape, train_cfg.text_dropout)
-            with _compute_context(train_cfg.precision, dist_info.device):
+            with compute_context(train_cfg.precision, dist_info.device):
                 loss, _ = step_lib.forward_loss(model.net, x0, text, draws)
             loss_value = _global_mean(loss.detach())
             clock.lap("forward")
@@ -200,7 +200,7 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
     return record
 
 
-class _PhaseClock:
+class PhaseClock:
     """Wall time of the phases of one step. On a GPU each lap synchronizes, so the phases are real (the sync
     costs a little overlap between phases)."""
 
