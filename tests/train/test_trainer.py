@@ -202,3 +202,33 @@ def test_bf16_mode_keeps_bf16_weights_and_moments_and_an_fp32_ema(dataset, tmp_p
     moments = {k: v for k, v in torch.load(tmp_path / "optim.pt", weights_only=True).items()
                if k.endswith(("exp_avg", "exp_avg_sq"))}
     assert moments and all(v.dtype == torch.bfloat16 for v in moments.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["official net only", "net and a different EMA"])
+def test_model_checkpoint_initialises_the_net_from_its_net_entries(dataset, tmp_path, layout):
+    """`[model] checkpoint` = an official `.pt`: training starts from its `net.*` weights, as the official
+    post-training does. With lr 0 one step leaves them as they are, and the EMA equals them (beta 0 first)."""
+    from cosmos_engine.models.cosmos_dit import CosmosDiT
+    from cosmos_engine.models.flavors import dit_config
+
+    torch.manual_seed(7)
+    net = CosmosDiT(dit_config("tiny"))
+    net.init_weights()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # away from any init, so a random start could not match
+    sd = {f"net.{k}": v.clone() for k, v in net.state_dict().items()}
+    if layout == "net and a different EMA":
+        sd.update({f"net_ema.{k}": torch.randn_like(v) if v.is_floating_point() else v
+                   for k, v in net.state_dict().items()})
+    path = tmp_path / "pretrained.pt"
+    torch.save(sd, path)
+    args = run_args(dataset, "init", 1, 1, "--set", f"model.checkpoint=\"{path}\"", "--set", "train.lr=0.0")
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env_for(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    weights = final_weights(tmp_path, "init", 1)
+    for key, value in net.state_dict().items():
+        if value.is_floating_point() and not key.endswith("_extra_state"):
+            assert torch.equal(weights[f"net.{key}"], value), key
+            assert torch.equal(weights[f"net_ema.{key}"], value), key

@@ -36,7 +36,7 @@ class ModelConfig:
     """[model]: the networks and where their weights come from."""
 
     flavor: Literal["2b", "tiny"] = spec("2b", doc='DiT size: "2b" (the official 2,059,174,912 parameters) or "tiny" (CPU tests).')
-    checkpoint: str = spec("", doc="Initial DiT weights: an official .pt, a converted file or a DCP folder; empty = random init.")
+    checkpoint: str = spec("", doc="Initial DiT weights (their net.* entries): an official .pt, a converted file or a DCP folder; empty = random init.")
     dtype: Literal["bfloat16", "float32"] = spec("bfloat16", doc='Parameter dtype of the DiT: "bfloat16" (official) or "float32" (CPU).')
     activation_checkpointing: Literal["none", "full", "selective"] = spec(
         "selective", doc='"none", "full" (recompute each block) or "selective" (keep attention outputs, recompute the rest).')

@@ -83,8 +83,10 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
         # A random init depends on the seed alone, not on what ran before: the same in every run of the recipe.
         with torch.random.fork_rng(devices=[dist_info.device] if dist_info.device.type == "cuda" else []):
             torch.manual_seed(seed)
+            # The training weights `net.*` (the official post-training init: a released `.pt` holds only
+            # those; from a file with an EMA too, the EMA copy need not be read: beta is 0 at the first update).
             return build_dit(cfg, model_cfg.checkpoint or None, device="cpu" if dist_info.world_size > 1
-                             else dist_info.device, dtype=dtype)
+                             else dist_info.device, dtype=dtype, weights="net")
 
     if dist_info.world_size == 1:
         net = initial_weights()
