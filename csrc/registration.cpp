@@ -1,5 +1,7 @@
 // Every op schema of the cosmos_engine namespace, in one place. Implementations register themselves
 // per device in csrc/<op>/<op>_{cpu.cpp,cuda.cu}; fakes and autograd live in python/cosmos_engine/ops.
+#include "common/cpu_isa.h"
+
 #include <torch/library.h>
 
 #include <string>
@@ -13,13 +15,8 @@ constexpr bool kWithCuda = true;
 constexpr bool kWithCuda = false;
 #endif
 
-// The instruction set the CPU kernels use on this machine (the same test as the kernels' entries).
-const char* cpu_isa() {
-#if defined(COSMOS_ENGINE_CPU_AVX2)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
-#endif
-  return "baseline";
-}
+// The instruction set the CPU kernels use on this machine.
+const char* cpu_isa() { return cpu_has_avx2() ? "avx2" : "baseline"; }
 
 // What this library was built with, as JSON (read by cosmos_engine.build_info()).
 std::string build_info() {
@@ -53,4 +50,14 @@ TORCH_LIBRARY(cosmos_engine, m) {
   m.def(
       "adaln_layernorm_bwd(Tensor grad_out, Tensor x, Tensor scale, Tensor mean, Tensor rstd, "
       "SymInt tokens_per_frame) -> (Tensor grad_x, Tensor grad_shift, Tensor grad_scale)");
+
+  // The gated residual of every DiT sub-block: out = x + gate[b, l / tokens_per_frame] * y for x, y
+  // [B, L, D] and a per-frame gate [B, T, D] (x's dtype or float32), fp32 math (fp64 for fp64), one
+  // rounding to x's dtype.
+  m.def("gate_residual_fwd(Tensor x, Tensor gate, Tensor y, SymInt tokens_per_frame) -> Tensor");
+  // Gradients w.r.t. y (grad_out * gate, y's dtype) and gate (sum of grad_out * y over each frame's
+  // tokens, the gate's dtype); the gradient w.r.t. x is grad_out itself.
+  m.def(
+      "gate_residual_bwd(Tensor grad_out, Tensor gate, Tensor y, SymInt tokens_per_frame) "
+      "-> (Tensor grad_y, Tensor grad_gate)");
 }

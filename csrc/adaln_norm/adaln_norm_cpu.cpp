@@ -8,38 +8,19 @@
 namespace cosmos_engine::adaln {
 namespace {
 
-CpuDtype cpu_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return CpuDtype::kFloat;
-    case at::kDouble: return CpuDtype::kDouble;
-    case at::kBFloat16: return CpuDtype::kBFloat16;
-    case at::kHalf: return CpuDtype::kHalf;
-    default: TORCH_CHECK(false, "adaln_layernorm: argument 'x' must be float32, bfloat16, float16 or float64, got ", t);
-  }
-}
-
 // prepare_* already checked that the modulation has x's dtype or float32.
 bool fp32_modulation(const at::Tensor& x, const at::Tensor& scale) {
   return scale.scalar_type() != x.scalar_type();
-}
-
-bool use_avx2() {
-#if defined(COSMOS_ENGINE_CPU_AVX2)
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-#else
-  return false;
-#endif
 }
 
 // Runs the forward or backward kernels (by the params type) of the best instruction set of this CPU.
 template <typename Params>
 void run_kernels(const Params& p, const at::Tensor& x, const at::Tensor& scale) {
   TORCH_CHECK(x.is_cpu(), "adaln_layernorm: the CPU kernel got 'x' on ", x.device());
-  const CpuDtype dtype = cpu_dtype(x.scalar_type());
+  const CpuDtype dtype = cpu_dtype(x.scalar_type(), "adaln_layernorm");
   const bool mod32 = fp32_modulation(x, scale);
 #if defined(COSMOS_ENGINE_CPU_AVX2)
-  if (use_avx2()) return avx2::run(p, dtype, mod32);
+  if (cpu_has_avx2()) return avx2::run(p, dtype, mod32);
 #endif
   baseline::run(p, dtype, mod32);
 }

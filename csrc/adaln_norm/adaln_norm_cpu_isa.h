@@ -2,10 +2,9 @@
 #pragma once
 
 #include "adaln_norm/adaln_norm_params.h"
+#include "common/cpu_isa.h"
 
 namespace cosmos_engine::adaln {
-
-enum class CpuDtype { kFloat, kDouble, kBFloat16, kHalf };
 
 // fp32_modulation: shift/scale are float32 while x is another dtype (else they have x's dtype).
 #define COSMOS_DECLARE_CPU_ISA(ISA)                                          \

@@ -24,14 +24,15 @@ What the official network does on the Video2World path, all reproduced here:
 Precision islands (official `use_wan_fp32_strategy`). The island dtype is float32 (float64 for a float64
 net, which the tests use as the exact reference); everything not listed runs in the parameter dtype
 (bf16 in training and inference: patch embedding, text projection, q/k/v and output projections,
-attention, MLP, residual adds).
+attention, MLP).
 1. Timestep sinusoid, the `t_embedder` MLP and `t_embedding_norm`: island dtype.
 2. AdaLN modulation linears of every block and of the final layer: island dtype (weights upcast). The block
    modulations (shift, scale, gate) are then cast to the parameter dtype, as the official `type_as(x)`.
 3. RMSNorm (q/k norms, t_embedding_norm): island math inside, output in the input dtype.
 4. RoPE: q and k are cast to the island dtype after their RMSNorm, rotated there with an island-dtype
    table, and cast back.
-5. LayerNorm + modulation: fp32 inside (`ops.adaln_layernorm`).
+5. LayerNorm + modulation: fp32 inside (`ops.adaln_layernorm`). The gated residual adds x + gate * y:
+   fp32 inside, one rounding (`ops.gate_residual`); the official rounds the product and then the sum.
 6. The final layer: entirely in the island dtype (LayerNorm, modulation and Linear); the output too.
 """
 
@@ -167,14 +168,6 @@ def linear_in(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype) -> torch.Te
     bias = None if layer.bias is None else layer.bias.to(dtype)
     with torch.autocast(x.device.type, enabled=False):
         return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
-
-
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + gate * y for x, y [B, T*N, D] and a per-frame gate [B, T, D] (T = 1 gates all tokens alike)."""
-    batch, tokens, dim = x.shape
-    frames = gate.shape[1]
-    out = x.view(batch, frames, tokens // frames, dim) + gate[:, :, None] * y.view(batch, frames, tokens // frames, dim)
-    return out.view(batch, tokens, dim)
 
 
 def adaln_modulation(layers: nn.Sequential, emb: torch.Tensor, adaln_lora: torch.Tensor) -> torch.Tensor:
@@ -430,11 +423,11 @@ class Block(nn.Module):
         shift_mlp, scale_mlp, gate_mlp = (adaln_modulation(self.adaln_modulation_mlp, emb_B_T_D, adaln_lora_B_T_3D)
                                           .to(x.dtype).chunk(3, dim=-1))
         # 2. Self-attention over all T*H*W tokens, with RoPE                     # [B, L, D]
-        x = gated_residual(x, gate_sa, self.self_attn(ops.adaln_layernorm(x, shift_sa, scale_sa), None, rope))
+        x = ops.gate_residual(x, gate_sa, self.self_attn(ops.adaln_layernorm(x, shift_sa, scale_sa), None, rope))
         # 3. Cross-attention to the text tokens
-        x = gated_residual(x, gate_ca, self.cross_attn(ops.adaln_layernorm(x, shift_ca, scale_ca), crossattn_emb))
+        x = ops.gate_residual(x, gate_ca, self.cross_attn(ops.adaln_layernorm(x, shift_ca, scale_ca), crossattn_emb))
         # 4. MLP
-        return gated_residual(x, gate_mlp, self.mlp(ops.adaln_layernorm(x, shift_mlp, scale_mlp)))
+        return ops.gate_residual(x, gate_mlp, self.mlp(ops.adaln_layernorm(x, shift_mlp, scale_mlp)))
 
     def init_weights(self) -> None:
         self.self_attn.init_weights()

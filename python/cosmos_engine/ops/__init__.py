@@ -8,5 +8,6 @@ from cosmos_engine.ops._backend import force_backend
 from cosmos_engine.ops.adaln_layernorm import adaln_layernorm
 from cosmos_engine.ops.attention import attention
 from cosmos_engine.ops.causal_conv3d import causal_conv3d
+from cosmos_engine.ops.gate_residual import gate_residual
 
-__all__ = ["adaln_layernorm", "attention", "causal_conv3d", "force_backend"]
+__all__ = ["adaln_layernorm", "attention", "causal_conv3d", "force_backend", "gate_residual"]

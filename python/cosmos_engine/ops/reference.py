@@ -26,6 +26,16 @@ def adaln_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, e
     return out.view(batch, tokens, dim).to(x.dtype)
 
 
+def gate_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate * y for x, y [B, T*N, D] and a per-frame gate [B, T, D] applied to the N tokens of each frame."""
+    batch, tokens, dim = x.shape
+    frames = gate.shape[1]
+    acc = _acc_dtype(x)
+    out = (x.to(acc).view(batch, frames, tokens // frames, dim)
+           + gate.to(acc)[:, :, None] * y.to(acc).view(batch, frames, tokens // frames, dim))
+    return out.view(batch, tokens, dim).to(x.dtype)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Non-causal softmax(q k^T / sqrt(d)) v, no mask. q [B, Lq, H, d], k/v [B, Lk, H, d] -> [B, Lq, H, d]."""
     acc = _acc_dtype(q)

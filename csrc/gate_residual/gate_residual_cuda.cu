@@ -1,0 +1,135 @@
+// CUDA kernels of gate_residual (compiled for sm_90a; nothing here is Hopper-specific).
+//
+// Forward and grad_y: one thread per element in a grid-stride loop, so loads and stores are coalesced;
+// the gate row of an element is found from its token. grad_gate: one block per (frame, 32 columns);
+// 8 row groups accumulate in registers and are combined in shared memory in a fixed order, so the
+// result is deterministic (no atomics).
+#include "common/dispatch.h"
+#include "gate_residual/gate_residual_entry.h"
+#include "gate_residual/gate_residual_math.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+namespace cosmos_engine::gate_residual {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kReduceCols = 32;
+constexpr int kReduceRowGroups = 8;
+
+// The index of element i's gate value in the [B, T, D] gate.
+__device__ __forceinline__ int64_t gate_index(const Geometry& g, int64_t i) {
+  const int64_t r = i / g.dim, d = i % g.dim;
+  const int64_t b = r / g.tokens, f = (r % g.tokens) / g.tokens_per_frame;
+  return (b * g.frames + f) * g.dim + d;
+}
+
+template <typename T, typename G, typename acc>
+__global__ void __launch_bounds__(kThreads) fwd_kernel(const FwdParams p) {
+  const int64_t n = p.g.batch * p.g.tokens * p.g.dim;
+  const T* x = static_cast<const T*>(p.x);
+  const T* y = static_cast<const T*>(p.y);
+  const G* gate = static_cast<const G*>(p.gate);
+  T* out = static_cast<T*>(p.out);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    out[i] = static_cast<T>(gated_add(static_cast<acc>(x[i]), static_cast<acc>(gate[gate_index(p.g, i)]),
+                                      static_cast<acc>(y[i])));
+  }
+}
+
+template <typename T, typename G, typename acc>
+__global__ void __launch_bounds__(kThreads) bwd_grad_y_kernel(const BwdParams p) {
+  const int64_t n = p.g.batch * p.g.tokens * p.g.dim;
+  const T* grad_out = static_cast<const T*>(p.grad_out);
+  const G* gate = static_cast<const G*>(p.gate);
+  T* grad_y_out = static_cast<T*>(p.grad_y);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    grad_y_out[i] = static_cast<T>(grad_y(static_cast<acc>(grad_out[i]), static_cast<acc>(gate[gate_index(p.g, i)])));
+  }
+}
+
+// grid (ceil(D / kReduceCols), B * T), block (kReduceCols, kReduceRowGroups).
+template <typename T, typename G, typename acc>
+__global__ void __launch_bounds__(kReduceCols * kReduceRowGroups) bwd_grad_gate_kernel(const BwdParams p) {
+  const Geometry& g = p.g;
+  __shared__ acc partial[kReduceRowGroups][kReduceCols];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
+  const int64_t frame = blockIdx.y;
+  const int64_t b = frame / g.frames, f = frame % g.frames;
+  acc sum = 0;
+  if (col < g.dim) {
+    for (int64_t l = f * g.tokens_per_frame + threadIdx.y; l < (f + 1) * g.tokens_per_frame; l += kReduceRowGroups) {
+      const int64_t i = (b * g.tokens + l) * g.dim + col;
+      sum += grad_gate_term(static_cast<acc>(static_cast<const T*>(p.grad_out)[i]),
+                            static_cast<acc>(static_cast<const T*>(p.y)[i]));
+    }
+  }
+  partial[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < g.dim) {
+    acc total = 0;
+#pragma unroll
+    for (int k = 0; k < kReduceRowGroups; ++k) total += partial[k][threadIdx.x];
+    static_cast<G*>(p.grad_gate)[frame * g.dim + col] = static_cast<G>(total);
+  }
+}
+
+unsigned elementwise_blocks(const Geometry& g) {
+  const int64_t n = g.batch * g.tokens * g.dim;
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::min<int64_t>(blocks, 65536));  // the grid-stride loop covers the rest
+}
+
+at::Tensor gate_residual_fwd_cuda(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y,
+                                  int64_t tokens_per_frame) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  FwdCall c = prepare_fwd(x, gate, y, tokens_per_frame);
+  if (c.out.numel() == 0) return c.out;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  COSMOS_DISPATCH_FLOATING(c.x.scalar_type(), "gate_residual", [&] {
+    COSMOS_DISPATCH_MOD(c.gate.scalar_type(), scalar_t, "gate_residual", [&] {
+      fwd_kernel<scalar_t, mod_t, at::opmath_type<scalar_t>>
+          <<<elementwise_blocks(c.params.g), kThreads, 0, stream>>>(c.params);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return c.out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gate_residual_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& gate,
+                                                          const at::Tensor& y, int64_t tokens_per_frame) {
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  BwdCall c = prepare_bwd(grad_out, gate, y, tokens_per_frame);
+  const Geometry& g = c.params.g;
+  if (c.grad_y.numel() == 0) return {c.grad_y, c.grad_gate.zero_()};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const dim3 reduce_grid((g.dim + kReduceCols - 1) / kReduceCols, g.batch * g.frames);
+  const dim3 reduce_block(kReduceCols, kReduceRowGroups);
+  COSMOS_DISPATCH_FLOATING(c.grad_out.scalar_type(), "gate_residual", [&] {
+    COSMOS_DISPATCH_MOD(c.gate.scalar_type(), scalar_t, "gate_residual", [&] {
+      using acc = at::opmath_type<scalar_t>;
+      bwd_grad_y_kernel<scalar_t, mod_t, acc><<<elementwise_blocks(g), kThreads, 0, stream>>>(c.params);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      bwd_grad_gate_kernel<scalar_t, mod_t, acc><<<reduce_grid, reduce_block, 0, stream>>>(c.params);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {c.grad_y, c.grad_gate};
+}
+
+}  // namespace
+}  // namespace cosmos_engine::gate_residual
+
+TORCH_LIBRARY_IMPL(cosmos_engine, CUDA, m) {
+  m.impl("gate_residual_fwd", &cosmos_engine::gate_residual::gate_residual_fwd_cuda);
+  m.impl("gate_residual_bwd", &cosmos_engine::gate_residual::gate_residual_bwd_cuda);
+}
