@@ -113,15 +113,16 @@ def main() -> None:
     parser.add_argument("--vae-frames", type=int, nargs="+", default=None,
                         help="frame counts (1 + 4k) at which to time the VAE encode (default: 1 5 9 on the CPU, "
                              "1 5 9 and the window on a GPU)")
-    parser.add_argument("--vae-reps", type=int, default=1, help="repetitions per VAE point on the CPU")
+    parser.add_argument("--vae-reps", type=int, default=1, help="timed repetitions per VAE point (median)")
     args = parser.parse_args()
     cpu = torch.device("cpu")
     gpu = torch.device("cuda") if torch.cuda.is_available() else None
     vae_frames = args.vae_frames or ([1, 5, 9] + ([args.window] if gpu else []))
     if args.frames < args.window + max(STARTS):
         parser.error(f"--frames {args.frames}: the clip needs at least --window + {max(STARTS)} frames")
-    if any(f < 1 or (f - 1) % 4 for f in vae_frames) or len(set(vae_frames)) < 2:
-        parser.error(f"--vae-frames {vae_frames}: give at least two distinct counts of 1 + 4k frames")
+    if any(f < 1 or (f - 1) % 4 for f in vae_frames) or (args.window not in vae_frames and len(set(vae_frames)) < 2):
+        parser.error(f"--vae-frames {vae_frames}: give counts of 1 + 4k frames: the window itself, or at least two "
+                     "distinct counts to fit a line through")
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip720p.mp4"

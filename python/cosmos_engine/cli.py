@@ -95,7 +95,7 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
                                  "the dataset to cache (default: the recipe's data.dataset_dir)")
     p.add_argument("--prompt", help='caption for every video, e.g. "A video of sks teal robot."')
     p.add_argument("--num-frames", type=int, default=None,
-                   help="shortest usable video, in frames: the recipe's data.num_frames (default 93)")
+                   help="shortest usable video, in frames (default: data.num_frames of the --cache recipe, else 93)")
     p.add_argument("--skip-bad", action="store_true", help="prepare the good videos and list the unusable ones")
     p.add_argument("--copy", action="store_true", help="copy videos even where a hard link is possible")
     g = p.add_argument_group("synthetic clips (no download)")
@@ -127,12 +127,19 @@ def _prepare(args: argparse.Namespace) -> int:
         raise UserError("--set overrides values of the --cache recipe; give --cache RECIPE")
     if (args.src is not None or args.synthetic is not None) and args.out is None:
         raise UserError("--out DATASET is required to prepare a dataset")
+    # The --cache recipe is read and checked before anything is written; its window length is then the
+    # shortest usable video.
+    recipe = _cache_recipe(args.cache, args.overrides, args.out) if args.cache is not None else None
+    num_frames = args.num_frames or (recipe.data.num_frames if recipe else 93)
     if args.synthetic is not None:
+        if recipe and args.frames < recipe.data.num_frames:
+            raise UserError(f"--frames {args.frames}: the --cache recipe trains on windows of data.num_frames = "
+                            f"{recipe.data.num_frames} frames; draw clips at least that long")
         height, width = args.size
         result = prepare_synthetic(args.out, count=args.synthetic, seed=args.seed, frames=args.frames, height=height,
                                    width=width, fps=args.fps, prompt=args.prompt or DEFAULT_PROMPT)
     elif args.src is not None:
-        result = prepare_videos(args.src, args.out, prompt=args.prompt, num_frames=args.num_frames or 93,
+        result = prepare_videos(args.src, args.out, prompt=args.prompt, num_frames=num_frames,
                                 skip_bad=args.skip_bad, copy=args.copy)
     else:
         result = None
@@ -142,23 +149,30 @@ def _prepare(args: argparse.Namespace) -> int:
             print(f"skipped {len(result.bad)} unusable files:")
             for bad in result.bad:
                 print(f"  {bad.reason}")
-    if args.cache is not None:
-        _fill_cache(args.cache, args.overrides, args.out)
+    if recipe is not None:
+        _fill_cache(recipe)
     return 0
 
 
-def _fill_cache(recipe_path: str, overrides: list[str], dataset_dir: str | None) -> None:
+def _cache_recipe(recipe_path: str, overrides: list[str], dataset_dir: str | None):
     from cosmos_engine.config import load_recipe
-    from cosmos_engine.parallel.distributed import setup_distributed
-    from cosmos_engine.train.data import fill_cache
 
     if dataset_dir is not None:
         overrides = [*overrides, f"data.dataset_dir={json.dumps(str(dataset_dir))}"]
-    recipe = load_recipe(recipe_path, overrides)
-    _, _, _, stats = fill_cache(recipe.model, recipe.data, setup_distributed().device)
+    return load_recipe(recipe_path, overrides)
+
+
+def _fill_cache(recipe) -> None:
+    import torch
+
+    from cosmos_engine.train.data import fill_cache
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    _, _, _, stats = fill_cache(recipe.model, recipe.data, device)
     what = "windows and captions" if recipe.data.cache == "windows" else 'captions only (the recipe has cache = "off")'
     print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {stats.texts_encoded} "
-          f"captions encoded, {stats.hits} already cached, {stats.corrupt} unreadable entries recomputed")
+          f"captions encoded, {stats.hits} already cached, {stats.corrupt} recomputed (unreadable or written for "
+          "another key)")
 
 
 # -------------------------------------------------------------------------------------------- convert
@@ -183,7 +197,13 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ run
-@command("run", "post-train the Video2World DiT as a recipe says (under torchrun for several GPUs)", _add_recipe_arguments)
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    _add_recipe_arguments(p)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow arbitrary pickled objects in model.checkpoint (only for checkpoints from a source you trust)")
+
+
+@command("run", "post-train the Video2World DiT as a recipe says (under torchrun for several GPUs)", _run_arguments)
 def _run(args: argparse.Namespace) -> int:
     import os
 
@@ -194,7 +214,8 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = run_dir_for(recipe.job)
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("run folder %s (resolved recipe: %s)", run_dir, write_resolved(recipe, run_dir))
-    last = post_train(run_dir, recipe.job, recipe.model, recipe.data, recipe.train, recipe.checkpoint)
+    last = post_train(run_dir, recipe.job, recipe.model, recipe.data, recipe.train, recipe.checkpoint,
+                      trust_checkpoint=args.trust_checkpoint)
     if last and int(os.environ.get("RANK", "0")) == 0:
         print(f"step {last['step']}: loss {last['loss']:.5f}; checkpoints in {run_dir / 'checkpoints'}")
     return 0

@@ -107,6 +107,9 @@ def vp9_gop_clip(tmp_path_factory):
     """The grey-index frames as VP9 (a codec DALI's CPU decoder reads), a key frame every 8 frames."""
     import av
 
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (the optional 'dali' extra)")
+    if "libvpx-vp9" not in av.codecs_available:
+        pytest.skip("this PyAV build has no VP9 encoder (libvpx)")
     path = tmp_path_factory.mktemp("clips") / "gop8_vp9.webm"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libvpx-vp9", rate=24)
@@ -122,7 +125,6 @@ def vp9_gop_clip(tmp_path_factory):
 def test_dali_pipeline_on_its_cpu_backend_reads_the_frames_asked_for(vp9_gop_clip, indices):
     """The DALI decoder's pipeline (external sources, start_frame/sequence_length, frame bookkeeping) on
     DALI's CPU backend, which decodes VP9 but not H.264; the GPU backend is the `cuda` test below."""
-    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (the optional 'dali' extra)")
     from cosmos_engine.data.decode_dali import DALIDecoder
 
     frames = DALIDecoder(backend="cpu").read_frames(vp9_gop_clip, indices)
@@ -132,12 +134,19 @@ def test_dali_pipeline_on_its_cpu_backend_reads_the_frames_asked_for(vp9_gop_cli
     assert (frames.int() - pyav.int()).abs().max() <= 2  # colour conversion may round differently
 
 
-def test_dali_past_the_end_names_the_file(vp9_gop_clip):
-    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (the optional 'dali' extra)")
+def test_dali_errors_name_the_file_and_the_reason_and_the_decoder_recovers(vp9_gop_clip, tmp_path):
     from cosmos_engine.data.decode_dali import DALIDecoder
 
-    with pytest.raises(DatasetError, match="gop8_vp9.webm"):
-        DALIDecoder(backend="cpu").read_frames(vp9_gop_clip, [38, 40])
+    decoder = DALIDecoder(backend="cpu")
+    with pytest.raises(DatasetError, match=r"gop8_vp9.webm: DALI returned 2 frames for 38..40"):
+        decoder.read_frames(vp9_gop_clip, [38, 40])
+    with pytest.raises(DatasetError, match=r"gop8_vp9.webm: DALI could not decode frames 45..45 \(Start frame 45 is out of bounds"):
+        decoder.read_frames(vp9_gop_clip, [45])
+    garbage = tmp_path / "garbage.webm"
+    garbage.write_bytes(b"not a video" * 100)
+    with pytest.raises(DatasetError, match=r"garbage.webm: DALI could not decode frames 0..0 \(.*decoder"):
+        decoder.read_frames(garbage, [0])
+    assert decoded_indices(decoder.read_frames(vp9_gop_clip, range(3, 6))) == [3, 4, 5]
 
 
 @pytest.mark.cuda

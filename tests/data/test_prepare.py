@@ -221,6 +221,30 @@ def test_prepare_cache_with_the_cache_off_encodes_captions_only(tmp_path, capsys
     assert not (out / "cache" / "latents").exists() and len(list((out / "cache" / "text").iterdir())) == 1
 
 
+def test_prepare_cache_recipe_is_checked_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["prepare", "--synthetic", "1", "--out", str(out), "--cache", str(TINY_RECIPE),
+                 "--set", "data.bogus=1"]) == 2
+    assert "data.bogus" in capsys.readouterr().err and not out.exists()
+    # The tiny recipe trains on 17-frame windows: 9-frame clips would be useless to it.
+    assert main(["prepare", "--synthetic", "1", "--frames", "9", "--out", str(out), "--cache", str(TINY_RECIPE)]) == 2
+    assert "data.num_frames = 17" in capsys.readouterr().err and not out.exists()
+
+
+def test_prepare_cache_recipe_sets_the_shortest_usable_video(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_clip(src / "short.mp4", 9)
+    write_clip(src / "long.mp4", 21, index=1)
+    out = tmp_path / "d"
+    assert main(["prepare", str(src), "--out", str(out), "--prompt", PROMPT, "--skip-bad",
+                 "--cache", str(TINY_RECIPE), "--set", "data.height=32", "--set", "data.width=48",
+                 "--set", "data.num_workers=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 videos ready" in printed and "short.mp4" in printed  # 9 < the recipe's 17 frames
+    assert "2 latents and 1 captions encoded" in printed  # 21 frames: windows at 0 and 4
+
+
 def test_prepare_cache_errors_name_what_is_wrong(tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path / "d"), "--set", "data.num_frames=5"]) == 2
     assert "--cache RECIPE" in capsys.readouterr().err

@@ -232,3 +232,26 @@ def test_model_checkpoint_initialises_the_net_from_its_net_entries(dataset, tmp_
         if value.is_floating_point() and not key.endswith("_extra_state"):
             assert torch.equal(weights[f"net.{key}"], value), key
             assert torch.equal(weights[f"net_ema.{key}"], value), key
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_pickled_objects_needs_trust_checkpoint(dataset, tmp_path):
+    """Old TransformerEngine `_extra_state` entries are pickled objects: `run` refuses them (exit 2, naming
+    the flag) unless told to trust the file, then drops them and trains."""
+    import io
+
+    from cosmos_engine.models.cosmos_dit import CosmosDiT
+    from cosmos_engine.models.flavors import dit_config
+
+    net = CosmosDiT(dit_config("tiny"))
+    net.init_weights()
+    sd = {f"net.{k}": v for k, v in net.state_dict().items()}
+    sd["net.t_embedding_norm._extra_state"] = io.BytesIO(b"te state")
+    path = tmp_path / "pickled.pt"
+    torch.save(sd, path)
+    args = run_args(dataset, "trust", 1, 1, "--set", f"model.checkpoint=\"{path}\"")
+    refused = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env_for(tmp_path))
+    assert refused.returncode == 2 and "--trust-checkpoint" in refused.stderr and "pickled.pt" in refused.stderr
+    trusted = subprocess.run([*CLI, *args, "--trust-checkpoint"], capture_output=True, text=True, timeout=300,
+                             env=env_for(tmp_path))
+    assert trusted.returncode == 0, trusted.stderr[-2000:]

@@ -89,7 +89,7 @@ class DALIDecoder:
         try:
             (batch,) = self._pipe.run()
         except RuntimeError as exc:
-            raise DatasetError(f"{path}: DALI could not decode frames {lo}..{hi} ({str(exc).splitlines()[0]})") from None
+            raise DatasetError(f"{path}: DALI could not decode frames {lo}..{hi} ({_reason(exc)})") from None
         dali_tensor = batch.as_tensor()  # [1, F, H, W, 3] on the decoder's device
         span = torch.empty(dali_tensor.shape(), dtype=torch.uint8, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
@@ -98,3 +98,12 @@ class DALIDecoder:
         if span.shape[0] != hi - lo + 1:
             raise DatasetError(f"{path}: DALI returned {span.shape[0]} frames for {lo}..{hi} (the video is shorter)")
         return span[torch.as_tensor(indices, device=self.device) - lo]
+
+
+def _reason(exc: RuntimeError) -> str:
+    """The line of a DALI pipeline error that says what went wrong (after its "encountered:" header)."""
+    text = str(exc)
+    tail = text.split("encountered:", 1)[1] if "encountered:" in text else text
+    lines = [line.strip() for line in tail.splitlines()
+             if line.strip() and "no longer valid" not in line and not line.strip().startswith(("C++ context", "Critical error"))]
+    return lines[0] if lines else text.strip()

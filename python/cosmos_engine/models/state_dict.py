@@ -8,13 +8,16 @@ Three layouts are read, all with the official key names (so no mapping table exi
   it): `net.*` (the training weights, bf16) and `net_ema.*` (the EMA, fp32). It is read with
   torch.distributed.checkpoint in a single process; no process group is needed.
 
-Which weights: `weights="ema"` (the default) takes `net_ema.*` when the file has them and `net.*`
-otherwise. That is what a user of a checkpoint expects: released `.pt` files and the converted EMA files
-keep the EMA weights under `net.`, the official inference loads those, and post-training starts from
-them. `weights="net"` takes the raw training weights `net.*` (e.g. to compare with the EMA). A state dict
-without any `net.`/`net_ema.` prefix (one saved from `CosmosDiT.state_dict()`) is taken as it is.
-TransformerEngine `_extra_state` entries are dropped. `.pt` files are read with `weights_only=True`
-unless the caller passes `trust_checkpoint=True` (the CLI's --trust-checkpoint).
+Which weights: `weights="ema"` (the default, for sampling) takes `net_ema.*` when the file has them and
+`net.*` otherwise: released `.pt` files and the converted EMA files keep the EMA weights under `net.`, and
+the official inference loads those. `weights="net"` takes the training weights `net.*`: what post-training
+starts from, as the official trainer loads a checkpoint by prefix (for a released file these are the EMA
+weights anyway). A state dict without any `net.`/`net_ema.` prefix (one saved from
+`CosmosDiT.state_dict()`) is taken as it is. TransformerEngine `_extra_state` entries are dropped.
+
+Nothing is unpickled beyond plain checkpoint data unless the caller passes `trust_checkpoint=True` (the
+CLI's --trust-checkpoint): `.pt` files are read with `weights_only=True`, and a DCP folder's `.metadata`
+(a pickle) with an unpickler that builds only DCP's own metadata classes (`dcp_reader`).
 
 Memory: the model is built on the meta device and receives the loaded tensors directly: `.pt` files are
 memory-mapped and assigned (converted tensor by tensor when the dtype differs), DCP reads straight into the

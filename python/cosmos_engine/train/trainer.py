@@ -66,7 +66,8 @@ class Diffusion(nn.Module):
             self.net_ema = net_ema
 
 
-def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int) -> Diffusion:
+def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int,
+                trust_checkpoint: bool = False) -> Diffusion:
     """The DiT and its fp32 EMA, checkpointed and (several ranks) sharded, with the initial weights.
 
     One process: built on the meta device, materialized, loaded or initialised (`build_dit`), wrapped.
@@ -86,7 +87,7 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
             # The training weights `net.*` (the official post-training init: a released `.pt` holds only
             # those; from a file with an EMA too, the EMA copy need not be read: beta is 0 at the first update).
             return build_dit(cfg, model_cfg.checkpoint or None, device="cpu" if dist_info.world_size > 1
-                             else dist_info.device, dtype=dtype, weights="net")
+                             else dist_info.device, dtype=dtype, weights="net", trust_checkpoint=trust_checkpoint)
 
     if dist_info.world_size == 1:
         net = initial_weights()
@@ -125,13 +126,14 @@ def _trainer_state(iteration: int, data: TrainingData) -> dict:
 
 
 def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
-               ckpt_cfg: CheckpointConfig) -> dict:
-    """Run (or resume) post-training in `run_dir`; return the last step's metrics."""
+               ckpt_cfg: CheckpointConfig, trust_checkpoint: bool = False) -> dict:
+    """Run (or resume) post-training in `run_dir`; return the last step's metrics. `trust_checkpoint`
+    allows arbitrary pickled objects in `model_cfg.checkpoint` (see models/state_dict.py)."""
     dist_info = setup_distributed()
 
     data = build_training_data(model_cfg, data_cfg, train_cfg, job.seed, dist_info.rank, dist_info.world_size,
                                dist_info.device)
-    model = build_model(model_cfg, train_cfg, dist_info, job.seed)
+    model = build_model(model_cfg, train_cfg, dist_info, job.seed, trust_checkpoint)
     opt = optim.build_optimizer(model.net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
                                 weight_decay=train_cfg.weight_decay)
     scheduler = optim.build_scheduler(opt, train_cfg.warmup_steps)
