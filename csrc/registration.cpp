@@ -60,4 +60,16 @@ TORCH_LIBRARY(cosmos_engine, m) {
   m.def(
       "gate_residual_bwd(Tensor grad_out, Tensor gate, Tensor y, SymInt tokens_per_frame) "
       "-> (Tensor grad_y, Tensor grad_gate)");
+
+  // The attention's per-head q/k RMSNorm followed by the rotate-half 3D RoPE, one pass: each head
+  // vector of x [B, L, H, d] is x * rstd * weight (rstd = 1/sqrt(mean(x^2) + eps), weight [d] in x's
+  // dtype or float32), then rotated with cos/sin [L, d] (float32; float64 for float64 x) when given.
+  // fp32 math, one rounding to x's dtype; rstd [B, L, H] is saved for the backward.
+  m.def(
+      "rmsnorm_rope_fwd(Tensor x, Tensor weight, Tensor? cos, Tensor? sin, float eps) "
+      "-> (Tensor out, Tensor rstd)");
+  // Gradients of rmsnorm_rope_fwd w.r.t. x and weight (the table is not differentiated).
+  m.def(
+      "rmsnorm_rope_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor? cos, Tensor? sin, Tensor rstd) "
+      "-> (Tensor grad_x, Tensor grad_weight)");
 }

@@ -19,25 +19,28 @@ from cosmos_engine import ops
 MODES = ("fwd", "fwd+bwd")
 
 
-def _time_mode(fn: Callable, inputs: tuple[torch.Tensor, ...], mode: str, device: torch.device) -> float:
+def _time_mode(fn: Callable, inputs: tuple[torch.Tensor, ...], mode: str, device: torch.device,
+               differentiable: int) -> float:
     if mode == "fwd":
         def step():
             with torch.no_grad():
                 fn(*inputs)
     else:
-        leaves = [t.detach().requires_grad_() for t in inputs]
+        leaves = [t.detach().requires_grad_() for t in inputs[:differentiable]]
+        rest = inputs[differentiable:]
         grad_out = torch.randn_like(fn(*inputs))
 
         def step():
-            torch.autograd.grad(fn(*leaves), leaves, grad_out)
+            torch.autograd.grad(fn(*leaves, *rest), leaves, grad_out)
     return median(time_fn(step, device, warmup=3, reps=10))
 
 
 def run(name: str, op: Callable, reference_fn: Callable,
         make_inputs: Callable[[int, int, torch.device, torch.dtype], tuple[torch.Tensor, ...]],
-        traffic_passes: dict[str, int], description: str) -> None:
-    """`make_inputs(frames, tokens, device, dtype)` gives the op's arguments; `traffic_passes[mode]` is the
-    number of [tokens, D] tensors the mode must read or write at least."""
+        traffic_passes: dict[str, int], description: str, differentiable: int | None = None) -> None:
+    """`make_inputs(frames, tokens, device, dtype)` gives the op's arguments, of which the first
+    `differentiable` (default all) get gradients; `traffic_passes[mode]` is the number of [tokens, D]
+    tensors the mode must read or write at least."""
     reexec_with_malloc_tuning()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 4], help="latent frames of 3,520 tokens")
@@ -60,7 +63,8 @@ def run(name: str, op: Callable, reference_fn: Callable,
         inputs = make_inputs(frames, tokens, device, dtype)
         for mode in MODES:
             nbytes = traffic_passes[mode] * tokens * DIM * dtype.itemsize
-            seconds = {p: _time_mode(fn, inputs, mode, device) for p, fn in providers.items()}
+            seconds = {p: _time_mode(fn, inputs, mode, device, differentiable or len(inputs))
+                       for p, fn in providers.items()}
             gbps = nbytes / seconds["ours"] / 1e9
             rows.append({
                 "tokens": tokens, "mode": mode, "ours_ms": seconds["ours"] * 1e3, "eager_ms": seconds["eager"] * 1e3,

@@ -1,35 +1,9 @@
 // Instantiates the CPU kernels for one instruction set, named by COSMOS_CPU_ISA (set by CMake).
-#include "adaln_norm/adaln_norm_cpu_kernels.h"
 #include "adaln_norm/adaln_norm_cpu_isa.h"
-
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include "adaln_norm/adaln_norm_cpu_kernels.h"
 
 namespace cosmos_engine::adaln::COSMOS_CPU_ISA {
 
-template <typename T>
-void run_typed(const FwdParams& p, bool fp32_modulation) {
-  if (fp32_modulation) fwd_cpu<T, float>(p);
-  else fwd_cpu<T, T>(p);
-}
-
-template <typename T>
-void run_typed(const BwdParams& p, bool fp32_modulation) {
-  if (fp32_modulation) bwd_cpu<T, float>(p);
-  else bwd_cpu<T, T>(p);
-}
-
-template <typename Params>
-void dispatch(const Params& p, CpuDtype x, bool fp32_modulation) {
-  switch (x) {
-    case CpuDtype::kFloat: return run_typed<float>(p, fp32_modulation);
-    case CpuDtype::kDouble: return run_typed<double>(p, fp32_modulation);
-    case CpuDtype::kBFloat16: return run_typed<c10::BFloat16>(p, fp32_modulation);
-    case CpuDtype::kHalf: return run_typed<c10::Half>(p, fp32_modulation);
-  }
-}
-
-void run(const FwdParams& p, CpuDtype x, bool fp32_modulation) { dispatch(p, x, fp32_modulation); }
-void run(const BwdParams& p, CpuDtype x, bool fp32_modulation) { dispatch(p, x, fp32_modulation); }
+COSMOS_DEFINE_CPU_ISA_RUN
 
 }  // namespace cosmos_engine::adaln::COSMOS_CPU_ISA

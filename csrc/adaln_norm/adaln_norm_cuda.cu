@@ -8,6 +8,7 @@
 #include "adaln_norm/adaln_norm_entry.h"
 #include "adaln_norm/adaln_norm_math.h"
 #include "common/dispatch.h"
+#include "common/warp.cuh"
 
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -18,17 +19,10 @@
 namespace cosmos_engine::adaln {
 namespace {
 
-constexpr int kWarp = 32;
+constexpr int kWarp = kWarpSize;
 constexpr int kRowsPerBlock = 4;      // warps per block in the row kernels
 constexpr int kReduceCols = 32;       // columns per block in the grad_shift/grad_scale kernel
 constexpr int kReduceRowGroups = 8;   // row groups per block in that kernel
-
-template <typename acc>
-__device__ __forceinline__ acc warp_sum(acc v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 template <typename T, typename M, typename acc>
 __global__ void __launch_bounds__(kRowsPerBlock * kWarp) fwd_kernel(const FwdParams p) {

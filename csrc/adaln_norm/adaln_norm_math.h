@@ -10,19 +10,13 @@
 #pragma once
 
 #include "common/host_device.h"
-
-#include <cmath>
+#include "common/math.h"
 
 namespace cosmos_engine::adaln {
 
 template <typename acc>
 COSMOS_HD acc rstd_from_var(acc var, acc eps) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(acc) == 4) return rsqrtf(var + eps);
-  else return rsqrt(var + eps);
-#else
-  return acc(1) / std::sqrt(var + eps);
-#endif
+  return reciprocal_sqrt(var + eps);
 }
 
 template <typename acc>

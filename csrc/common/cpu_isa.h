@@ -4,7 +4,9 @@
 #pragma once
 
 #include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 namespace cosmos_engine {
 
@@ -31,4 +33,47 @@ inline bool cpu_has_avx2() {
 #endif
 }
 
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>{}, TypeTag<S>{}) with T the activation type named by `x` and S its companion type
+// (a weight, gate or modulation): float when `fp32_companion`, else T itself.
+template <typename F>
+void dispatch_cpu_dtype(CpuDtype x, bool fp32_companion, F&& f) {
+  auto with = [&](auto tag) {
+    if (fp32_companion) f(tag, TypeTag<float>{});
+    else f(tag, tag);
+  };
+  switch (x) {
+    case CpuDtype::kFloat: return with(TypeTag<float>{});
+    case CpuDtype::kDouble: return with(TypeTag<double>{});
+    case CpuDtype::kBFloat16: return with(TypeTag<c10::BFloat16>{});
+    case CpuDtype::kHalf: return with(TypeTag<c10::Half>{});
+  }
+}
+
 }  // namespace cosmos_engine
+
+// Declares, in the enclosing op namespace, the entry points of one instruction set's CPU kernels:
+// run(FwdParams) and run(BwdParams), given the activation dtype and whether the companion is float32.
+#define COSMOS_DECLARE_CPU_ISA_RUN(ISA)                                       \
+  namespace ISA {                                                             \
+  void run(const FwdParams& p, ::cosmos_engine::CpuDtype x, bool fp32_companion); \
+  void run(const BwdParams& p, ::cosmos_engine::CpuDtype x, bool fp32_companion); \
+  }
+
+// Defines, inside an op's `namespace COSMOS_CPU_ISA`, both run() functions over that op's templates
+// fwd_cpu<T, S>(FwdParams) and bwd_cpu<T, S>(BwdParams).
+#define COSMOS_DEFINE_CPU_ISA_RUN                                                                      \
+  void run(const FwdParams& p, ::cosmos_engine::CpuDtype x, bool fp32_companion) {                     \
+    ::cosmos_engine::dispatch_cpu_dtype(x, fp32_companion, [&](auto t, auto s) {                       \
+      fwd_cpu<typename decltype(t)::type, typename decltype(s)::type>(p);                              \
+    });                                                                                                \
+  }                                                                                                    \
+  void run(const BwdParams& p, ::cosmos_engine::CpuDtype x, bool fp32_companion) {                     \
+    ::cosmos_engine::dispatch_cpu_dtype(x, fp32_companion, [&](auto t, auto s) {                       \
+      bwd_cpu<typename decltype(t)::type, typename decltype(s)::type>(p);                              \
+    });                                                                                                \
+  }

@@ -29,8 +29,9 @@ attention, MLP).
 2. AdaLN modulation linears of every block and of the final layer: island dtype (weights upcast). The block
    modulations (shift, scale, gate) are then cast to the parameter dtype, as the official `type_as(x)`.
 3. RMSNorm (q/k norms, t_embedding_norm): island math inside, output in the input dtype.
-4. RoPE: q and k are cast to the island dtype after their RMSNorm, rotated there with an island-dtype
-   table, and cast back.
+4. RoPE: q and k are rotated in the island dtype with an island-dtype table. The q/k RMSNorm and RoPE are
+   one op (`ops.rmsnorm_rope`) that rounds once at the end; the official rounds the RMSNorm output to the
+   input dtype before the rotation (the same in fp32).
 5. LayerNorm + modulation: fp32 inside (`ops.adaln_layernorm`). The gated residual adds x + gate * y:
    fp32 inside, one rounding (`ops.gate_residual`); the official rounds the product and then the sum.
 6. The final layer: entirely in the island dtype (LayerNorm, modulation and Linear); the output too.
@@ -273,12 +274,6 @@ class VideoRopePosition3DEmb(nn.Module):
         return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE (GPT-NeoX, TransformerEngine's non-interleaved form): x [B, L, heads, d], cos/sin [L, d]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
-
-
 class Timesteps(nn.Module):
     """Sinusoidal timestep embedding [B, T] -> [B, T, D], cosines first, in the dtype of the timesteps."""
 
@@ -355,13 +350,10 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, tokens, self.num_heads, self.head_dim)
         k = self.k_proj(context).view(batch, context.shape[1], self.num_heads, self.head_dim)
         v = self.v_proj(context).view(batch, context.shape[1], self.num_heads, self.head_dim)
-        # 2. q/k RMSNorm over each head vector
-        q, k = self.q_norm(q), self.k_norm(k)
-        # 3. RoPE (self-attention only), in the island dtype of the table
-        if self.is_selfattn and rope is not None:
-            cos, sin = rope
-            q = apply_rope(q.to(cos.dtype), cos, sin).to(x.dtype)
-            k = apply_rope(k.to(cos.dtype), cos, sin).to(x.dtype)
+        # 2.+3. q/k RMSNorm over each head vector, then RoPE (self-attention only) with the island-dtype table
+        cos, sin = rope if self.is_selfattn and rope is not None else (None, None)
+        q = ops.rmsnorm_rope(q, self.q_norm.weight, cos, sin, self.q_norm.eps)
+        k = ops.rmsnorm_rope(k, self.k_norm.weight, cos, sin, self.k_norm.eps)
         # 4. Attention, then the output projection                           # [B, L, D]
         out = ops.attention(q, k, v)
         return self.output_proj(out.reshape(batch, tokens, self.num_heads * self.head_dim))

@@ -36,6 +36,19 @@ def gate_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch
     return out.view(batch, tokens, dim).to(x.dtype)
 
 
+def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None = None,
+                 sin: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """Per-head RMSNorm of x [B, L, H, d] (x / sqrt(mean(x^2) + eps) * weight), then, with cos/sin [L, d],
+    rotate-half RoPE: n * cos + cat(-n2, n1) * sin for the halves n1, n2 of each head vector."""
+    acc = _acc_dtype(x)
+    xf = x.to(acc)
+    n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc)
+    if cos is not None:
+        n1, n2 = n.chunk(2, dim=-1)
+        n = n * cos.to(acc)[:, None] + torch.cat((-n2, n1), dim=-1) * sin.to(acc)[:, None]
+    return n.to(x.dtype)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Non-causal softmax(q k^T / sqrt(d)) v, no mask. q [B, Lq, H, d], k/v [B, Lk, H, d] -> [B, Lq, H, d]."""
     acc = _acc_dtype(q)
