@@ -239,8 +239,8 @@ def bench_2b(tmp: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
     for row in rows:
         row["samples_per_s"] = 1.0 / row["step_time_s"]
         if not whole_step:  # the optimizer moments and the EMA never existed in these steps
-            row["peak_memory_note"] = (f"without the optimizer state and EMA ({need / 2**30:.1f} GiB with "
-                                       "parameters and gradients) that whole steps need")
+            row["peak_memory_note"] = (f"excludes the AdamW moments and the EMA; whole steps need {need / 2**30:.1f} "
+                                       "GiB of training state (parameters, gradients, moments, EMA)")
     detail = {"parameters": parameters, "precision": precision, "device": device.type,
               "window": {"frames": args.frames, "height": args.height, "width": args.width},
               "latent_thw": list(latent_thw), "tokens": latent_thw[0] * (latent_thw[1] // 2) * (latent_thw[2] // 2),

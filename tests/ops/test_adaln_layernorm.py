@@ -10,6 +10,7 @@ import torch
 import cosmos_engine
 from cosmos_engine import ops
 from cosmos_engine.ops import reference
+from tests.ops.fused import assert_close, assert_compiles_like_eager, forward_and_grads
 from tests.tolerances import ELEMENTWISE, reduction_atol
 
 pytestmark = pytest.mark.skipif(not cosmos_engine.build_info()["loaded"], reason="the compiled library _C is not built")
@@ -37,28 +38,16 @@ def make_inputs(shape, dtype, device, mod_dtype=None, seed=0):
     return x.to(device, dtype), shift.to(device, mod_dtype), scale.to(device, mod_dtype)
 
 
-def assert_close(actual, expected, atol, rtol, what):
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, equal_nan=False, msg=lambda m: f"{what}: {m}")
-
-
-def forward_and_grads(fn, x, shift, scale, grad_out):
-    leaves = [t.detach().clone().requires_grad_() for t in (x, shift, scale)]
-    out = fn(*leaves)
-    grads = torch.autograd.grad(out, leaves, grad_out)
-    return out.detach(), grads
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_forward_backward_match_reference(shape, dtype, device):
     x, shift, scale = make_inputs(shape, dtype, device)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    out, grads = forward_and_grads(ops.adaln_layernorm, x, shift, scale, grad_out)
+    out, grads = forward_and_grads(ops.adaln_layernorm, (x, shift, scale), grad_out)
     # The reference runs in fp32 from the same (rounded) inputs; the kernel rounds its fp32 result once.
     ref_out, ref_grads = forward_and_grads(
-        reference.adaln_layernorm, x.float(), shift.float(), scale.float(), grad_out.float())
+        reference.adaln_layernorm, (x.float(), shift.float(), scale.float()), grad_out.float())
     atol, rtol = ELEMENTWISE[dtype]
     assert out.dtype == dtype
     assert_close(out.float(), ref_out, atol, rtol, "out")
@@ -77,8 +66,8 @@ def test_fp32_modulation_with_bf16_activations(device):
     """The official net computes the modulation in fp32 and may hand it over without casting."""
     x, shift, scale = make_inputs((1, 2, 64, 256), torch.bfloat16, device, mod_dtype=torch.float32)
     grad_out = torch.randn(x.shape, dtype=torch.bfloat16, device=device)
-    out, grads = forward_and_grads(ops.adaln_layernorm, x, shift, scale, grad_out)
-    ref_out, ref_grads = forward_and_grads(reference.adaln_layernorm, x.float(), shift, scale, grad_out.float())
+    out, grads = forward_and_grads(ops.adaln_layernorm, (x, shift, scale), grad_out)
+    ref_out, ref_grads = forward_and_grads(reference.adaln_layernorm, (x.float(), shift, scale), grad_out.float())
     assert out.dtype == torch.bfloat16 and grads[1].dtype == torch.float32 and grads[2].dtype == torch.float32
     atol, rtol = ELEMENTWISE[torch.bfloat16]
     assert_close(out.float(), ref_out, atol, rtol, "out")
@@ -97,8 +86,8 @@ def test_non_contiguous_inputs(device):
     shift, scale, _gate = modulation.chunk(3, dim=-1)
     assert not shift.is_contiguous()
     grad_out = torch.randn(batch, frames * tokens_per_frame, dim, device=device)
-    out, grads = forward_and_grads(ops.adaln_layernorm, x, shift, scale, grad_out)
-    ref_out, ref_grads = forward_and_grads(reference.adaln_layernorm, x, shift, scale, grad_out)
+    out, grads = forward_and_grads(ops.adaln_layernorm, (x, shift, scale), grad_out)
+    ref_out, ref_grads = forward_and_grads(reference.adaln_layernorm, (x, shift, scale), grad_out)
     atol, rtol = ELEMENTWISE[torch.float32]
     assert_close(out, ref_out, atol, rtol, "out")
     assert_close(grads[0], ref_grads[0], atol, rtol, "grad_x")
@@ -127,22 +116,7 @@ def test_opcheck():
 
 
 def test_torch_compile_fullgraph():
-    """The op traces as one node (fake + autograd registrations) and inductor compiles around it."""
-    x, shift, scale = make_inputs((1, 2, 16, 64), torch.float32, "cpu")
-
-    def block(x, shift, scale):
-        return (ops.adaln_layernorm(x, shift, scale) * 2 + 1).square().sum()
-
-    compiled = torch.compile(block, fullgraph=True)
-    leaves = [t.clone().requires_grad_() for t in (x, shift, scale)]
-    loss = compiled(*leaves)
-    grads = torch.autograd.grad(loss, leaves)
-    eager_leaves = [t.clone().requires_grad_() for t in (x, shift, scale)]
-    eager_loss = block(*eager_leaves)
-    eager_grads = torch.autograd.grad(eager_loss, eager_leaves)
-    torch.testing.assert_close(loss, eager_loss)
-    for got, want in zip(grads, eager_grads):
-        torch.testing.assert_close(got, want)
+    assert_compiles_like_eager(ops.adaln_layernorm, make_inputs((1, 2, 16, 64), torch.float32, "cpu"))
 
 
 def test_gradcheck_fp64():

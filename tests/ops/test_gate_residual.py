@@ -10,6 +10,8 @@ import torch
 import cosmos_engine
 from cosmos_engine import ops
 from cosmos_engine.ops import reference
+from tests.ops.fused import (
+    assert_close, assert_compiles_like_eager, assert_thread_count_does_not_matter, forward_and_grads)
 from tests.tolerances import ELEMENTWISE, reduction_atol
 
 pytestmark = pytest.mark.skipif(not cosmos_engine.build_info()["loaded"], reason="the compiled library _C is not built")
@@ -36,28 +38,16 @@ def make_inputs(shape, dtype, device, gate_dtype=None, seed=0):
     return x.to(device, dtype), gate.to(device, gate_dtype or dtype), y.to(device, dtype)
 
 
-def assert_close(actual, expected, atol, rtol, what):
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, equal_nan=False, msg=lambda m: f"{what}: {m}")
-
-
-def forward_and_grads(fn, x, gate, y, grad_out):
-    leaves = [t.detach().clone().requires_grad_() for t in (x, gate, y)]
-    out = fn(*leaves)
-    grads = torch.autograd.grad(out, leaves, grad_out)
-    return out.detach(), grads
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_forward_backward_match_reference(shape, dtype, device):
     x, gate, y = make_inputs(shape, dtype, device)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    out, (grad_x, grad_gate, grad_y) = forward_and_grads(ops.gate_residual, x, gate, y, grad_out)
+    out, (grad_x, grad_gate, grad_y) = forward_and_grads(ops.gate_residual, (x, gate, y), grad_out)
     # The reference runs in fp32 from the same (rounded) inputs; the kernel rounds its fp32 result once.
     ref_out, (ref_grad_x, ref_grad_gate, ref_grad_y) = forward_and_grads(
-        reference.gate_residual, x.float(), gate.float(), y.float(), grad_out.float())
+        reference.gate_residual, (x.float(), gate.float(), y.float()), grad_out.float())
     atol, rtol = ELEMENTWISE[dtype]
     assert out.dtype == grad_y.dtype == grad_gate.dtype == dtype
     assert_close(out.float(), ref_out, atol, rtol, "out")
@@ -73,8 +63,8 @@ def test_fp32_gate_with_bf16_activations(device):
     """The official net computes the modulation (and so the gate) in fp32."""
     x, gate, y = make_inputs((1, 2, 64, 256), torch.bfloat16, device, gate_dtype=torch.float32)
     grad_out = torch.randn(x.shape, dtype=torch.bfloat16, device=device)
-    out, grads = forward_and_grads(ops.gate_residual, x, gate, y, grad_out)
-    ref_out, ref_grads = forward_and_grads(reference.gate_residual, x.float(), gate, y.float(), grad_out.float())
+    out, grads = forward_and_grads(ops.gate_residual, (x, gate, y), grad_out)
+    ref_out, ref_grads = forward_and_grads(reference.gate_residual, (x.float(), gate, y.float()), grad_out.float())
     assert out.dtype == torch.bfloat16 and grads[1].dtype == torch.float32 and grads[2].dtype == torch.bfloat16
     atol, rtol = ELEMENTWISE[torch.bfloat16]
     assert_close(out.float(), ref_out, atol, rtol, "out")
@@ -99,8 +89,8 @@ def test_non_contiguous_inputs():
     _shift, _scale, gate = torch.randn(batch, frames, 3 * dim).chunk(3, dim=-1)
     assert not (x.is_contiguous() or y.is_contiguous() or gate.is_contiguous())
     grad_out = torch.randn(batch, frames * tokens_per_frame, dim)
-    out, grads = forward_and_grads(ops.gate_residual, x, gate, y, grad_out)
-    ref_out, ref_grads = forward_and_grads(reference.gate_residual, x, gate, y, grad_out)
+    out, grads = forward_and_grads(ops.gate_residual, (x, gate, y), grad_out)
+    ref_out, ref_grads = forward_and_grads(reference.gate_residual, (x, gate, y), grad_out)
     atol, rtol = ELEMENTWISE[torch.float32]
     assert_close(out, ref_out, atol, rtol, "out")
     assert_close(grads[2], ref_grads[2], atol, rtol, "grad_y")
@@ -121,15 +111,7 @@ def test_poisoned_outputs_are_fully_written():
 def test_backward_is_deterministic():
     x, gate, y = make_inputs((1, 2, 300, 256), torch.float32, "cpu")
     grad_out = torch.randn_like(x)
-    first = torch.ops.cosmos_engine.gate_residual_bwd(grad_out, gate, y, 300)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        second = torch.ops.cosmos_engine.gate_residual_bwd(grad_out, gate, y, 300)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_thread_count_does_not_matter(lambda: torch.ops.cosmos_engine.gate_residual_bwd(grad_out, gate, y, 300))
 
 
 def test_opcheck():
@@ -141,22 +123,7 @@ def test_opcheck():
 
 
 def test_torch_compile_fullgraph():
-    """The op traces as one node (fake + autograd registrations) and inductor compiles around it."""
-    x, gate, y = make_inputs((1, 2, 16, 64), torch.float32, "cpu")
-
-    def block(x, gate, y):
-        return (ops.gate_residual(x, gate, y) * 2 + 1).square().sum()
-
-    compiled = torch.compile(block, fullgraph=True)
-    leaves = [t.clone().requires_grad_() for t in (x, gate, y)]
-    loss = compiled(*leaves)
-    grads = torch.autograd.grad(loss, leaves)
-    eager_leaves = [t.clone().requires_grad_() for t in (x, gate, y)]
-    eager_loss = block(*eager_leaves)
-    eager_grads = torch.autograd.grad(eager_loss, eager_leaves)
-    torch.testing.assert_close(loss, eager_loss)
-    for got, want in zip(grads, eager_grads):
-        torch.testing.assert_close(got, want)
+    assert_compiles_like_eager(ops.gate_residual, make_inputs((1, 2, 16, 64), torch.float32, "cpu"))
 
 
 def test_gradcheck_fp64():

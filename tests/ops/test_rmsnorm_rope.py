@@ -12,6 +12,8 @@ import cosmos_engine
 from cosmos_engine import ops
 from cosmos_engine.models.cosmos_dit import RMSNorm
 from cosmos_engine.ops import reference
+from tests.ops.fused import (
+    assert_close, assert_compiles_like_eager, assert_thread_count_does_not_matter, forward_and_grads)
 from tests.tolerances import ELEMENTWISE, reduction_atol
 
 pytestmark = pytest.mark.skipif(not cosmos_engine.build_info()["loaded"], reason="the compiled library _C is not built")
@@ -41,18 +43,6 @@ def make_inputs(shape, dtype, device, weight_dtype=None, rope=True, seed=0):
     return x, weight, angles.cos().to(device, acc), angles.sin().to(device, acc)
 
 
-def assert_close(actual, expected, atol, rtol, what):
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, equal_nan=False, msg=lambda m: f"{what}: {m}")
-
-
-def forward_and_grads(fn, x, weight, cos, sin, grad_out):
-    leaves = [t.detach().clone().requires_grad_() for t in (x, weight)]
-    out = fn(*leaves, cos, sin)
-    grads = torch.autograd.grad(out, leaves, grad_out)
-    return out.detach(), grads
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rope", [True, False], ids=["rope", "norm-only"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -60,9 +50,9 @@ def forward_and_grads(fn, x, weight, cos, sin, grad_out):
 def test_forward_backward_match_reference(shape, dtype, rope, device):
     x, weight, cos, sin = make_inputs(shape, dtype, device, rope=rope)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    out, (grad_x, grad_weight) = forward_and_grads(ops.rmsnorm_rope, x, weight, cos, sin, grad_out)
+    out, (grad_x, grad_weight) = forward_and_grads(ops.rmsnorm_rope, (x, weight), grad_out, cos, sin)
     ref_out, (ref_grad_x, ref_grad_weight) = forward_and_grads(
-        reference.rmsnorm_rope, x.float(), weight.float(), cos, sin, grad_out.float())
+        reference.rmsnorm_rope, (x.float(), weight.float()), grad_out.float(), cos, sin)
     atol, rtol = ELEMENTWISE[dtype]
     assert out.dtype == grad_x.dtype == grad_weight.dtype == dtype
     assert_close(out.float(), ref_out, atol, rtol, "out")
@@ -90,8 +80,8 @@ def test_reference_equals_the_official_unfused_path():
 def test_fp32_weight_with_bf16_activations(device):
     x, weight, cos, sin = make_inputs((1, 64, 4, 128), torch.bfloat16, device, weight_dtype=torch.float32)
     grad_out = torch.randn(x.shape, dtype=torch.bfloat16, device=device)
-    out, grads = forward_and_grads(ops.rmsnorm_rope, x, weight, cos, sin, grad_out)
-    ref_out, ref_grads = forward_and_grads(reference.rmsnorm_rope, x.float(), weight, cos, sin, grad_out.float())
+    out, grads = forward_and_grads(ops.rmsnorm_rope, (x, weight), grad_out, cos, sin)
+    ref_out, ref_grads = forward_and_grads(reference.rmsnorm_rope, (x.float(), weight), grad_out.float(), cos, sin)
     assert out.dtype == torch.bfloat16 and grads[1].dtype == torch.float32
     atol, rtol = ELEMENTWISE[torch.bfloat16]
     assert_close(out.float(), ref_out, atol, rtol, "out")
@@ -106,8 +96,8 @@ def test_non_contiguous_input():
     assert not x.is_contiguous()
     _, weight, cos, sin = make_inputs((2, 9, 4, 32), torch.float32, "cpu")
     grad_out = torch.randn(2, 9, 4, 32)
-    out, grads = forward_and_grads(ops.rmsnorm_rope, x, weight, cos, sin, grad_out)
-    ref_out, ref_grads = forward_and_grads(reference.rmsnorm_rope, x, weight, cos, sin, grad_out)
+    out, grads = forward_and_grads(ops.rmsnorm_rope, (x, weight), grad_out, cos, sin)
+    ref_out, ref_grads = forward_and_grads(reference.rmsnorm_rope, (x, weight), grad_out, cos, sin)
     atol, rtol = ELEMENTWISE[torch.float32]
     assert_close(out, ref_out, atol, rtol, "out")
     assert_close(grads[0], ref_grads[0], atol, rtol, "grad_x")
@@ -125,17 +115,10 @@ def test_poisoned_outputs_are_fully_written():
 
 def test_backward_is_deterministic():
     x, weight, cos, sin = make_inputs((1, 300, 8, 128), torch.float32, "cpu")
-    out, rstd = torch.ops.cosmos_engine.rmsnorm_rope_fwd(x, weight, cos, sin, 1e-6)
+    _out, rstd = torch.ops.cosmos_engine.rmsnorm_rope_fwd(x, weight, cos, sin, 1e-6)
     grad_out = torch.randn_like(x)
-    first = torch.ops.cosmos_engine.rmsnorm_rope_bwd(grad_out, x, weight, cos, sin, rstd)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        second = torch.ops.cosmos_engine.rmsnorm_rope_bwd(grad_out, x, weight, cos, sin, rstd)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_thread_count_does_not_matter(
+        lambda: torch.ops.cosmos_engine.rmsnorm_rope_bwd(grad_out, x, weight, cos, sin, rstd))
 
 
 def test_opcheck():
@@ -151,20 +134,7 @@ def test_opcheck():
 
 def test_torch_compile_fullgraph():
     x, weight, cos, sin = make_inputs((1, 16, 2, 32), torch.float32, "cpu")
-
-    def block(x, weight):
-        return (ops.rmsnorm_rope(x, weight, cos, sin) * 2 + 1).square().sum()
-
-    compiled = torch.compile(block, fullgraph=True)
-    leaves = [t.clone().requires_grad_() for t in (x, weight)]
-    loss = compiled(*leaves)
-    grads = torch.autograd.grad(loss, leaves)
-    eager_leaves = [t.clone().requires_grad_() for t in (x, weight)]
-    eager_loss = block(*eager_leaves)
-    eager_grads = torch.autograd.grad(eager_loss, eager_leaves)
-    torch.testing.assert_close(loss, eager_loss)
-    for got, want in zip(grads, eager_grads):
-        torch.testing.assert_close(got, want)
+    assert_compiles_like_eager(ops.rmsnorm_rope, (x, weight), cos, sin)
 
 
 @pytest.mark.parametrize("rope", [True, False], ids=["rope", "norm-only"])
