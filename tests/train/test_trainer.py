@@ -193,6 +193,7 @@ def test_bf16_mode_keeps_bf16_weights_and_moments_and_an_fp32_ema(dataset, tmp_p
     args = run_args(dataset, "bf16", 3, 3, "--set", "train.precision=\"bf16\"", "--set", "model.dtype=\"bfloat16\"")
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env_for(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "3/3" in result.stdout and "loss=" in result.stdout  # the progress bar goes to stdout
     assert all(torch.isfinite(torch.tensor(losses(tmp_path, "bf16"))))
     weights = final_weights(tmp_path, "bf16", 3)
     assert weights["net.blocks.0.mlp.layer1.weight"].dtype == torch.bfloat16

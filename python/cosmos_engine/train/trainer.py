@@ -19,6 +19,7 @@ import copy
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -241,7 +242,7 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stdout)
         self.position = start
 
     def update(self, step: int, record: dict) -> None:
