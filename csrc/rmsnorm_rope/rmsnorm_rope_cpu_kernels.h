@@ -62,8 +62,9 @@ void fwd_cpu(const FwdParams& p) {
   });
 }
 
-// Rows [row_begin, row_end): grad_x, and their grad_weight partial sum in `partial` [d].
-template <typename T, typename W, typename acc>
+// Rows [row_begin, row_end): grad_x, and their grad_weight partial sum in `partial` [d]. kRope is a
+// template argument so the row loop has no branch and vectorizes.
+template <typename T, typename W, typename acc, bool kRope>
 void bwd_chunk(const BwdParams& p, int64_t row_begin, int64_t row_end, acc* __restrict__ partial,
                acc* __restrict__ xhat_buf, acc* __restrict__ dxhat_buf) {
   const Geometry& g = p.g;
@@ -76,14 +77,14 @@ void bwd_chunk(const BwdParams& p, int64_t row_begin, int64_t row_end, acc* __re
     T* __restrict__ grad_x = static_cast<T*>(p.grad_x) + r * d;
     const acc rstd = static_cast<const acc*>(p.rstd)[r];
     const int64_t l = (r / g.heads) % g.tokens;
-    const acc* __restrict__ cs = g.rope ? static_cast<const acc*>(p.cos) + l * d : nullptr;
-    const acc* __restrict__ sn = g.rope ? static_cast<const acc*>(p.sin) + l * d : nullptr;
+    const acc* __restrict__ cs = kRope ? static_cast<const acc*>(p.cos) + l * d : nullptr;
+    const acc* __restrict__ sn = kRope ? static_cast<const acc*>(p.sin) + l * d : nullptr;
     acc sum_dxhat_xhat = 0;
 #pragma omp simd reduction(+ : sum_dxhat_xhat)
     for (int64_t i = 0; i < h; ++i) {
       const acc g_lo = static_cast<acc>(grad_out[i]), g_hi = static_cast<acc>(grad_out[i + h]);
       acc dn_lo = g_lo, dn_hi = g_hi;
-      if (g.rope) rotate_adjoint(g_lo, g_hi, cs[i], sn[i], cs[i + h], sn[i + h], dn_lo, dn_hi);
+      if constexpr (kRope) rotate_adjoint(g_lo, g_hi, cs[i], sn[i], cs[i + h], sn[i + h], dn_lo, dn_hi);
       const acc xhat_lo = static_cast<acc>(x[i]) * rstd, xhat_hi = static_cast<acc>(x[i + h]) * rstd;
       const acc dxhat_lo = dn_lo * static_cast<acc>(w[i]), dxhat_hi = dn_hi * static_cast<acc>(w[i + h]);
       xhat_buf[i] = xhat_lo;
@@ -114,8 +115,10 @@ void bwd_cpu(const BwdParams& p) {
     std::vector<acc> xhat_buf(d), dxhat_buf(d);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t row_begin = chunk * kBwdRowsPerChunk;
-      bwd_chunk<T, W, acc>(p, row_begin, std::min(row_begin + kBwdRowsPerChunk, rows), partials.data() + chunk * d,
-                           xhat_buf.data(), dxhat_buf.data());
+      const int64_t row_end = std::min(row_begin + kBwdRowsPerChunk, rows);
+      acc* partial = partials.data() + chunk * d;
+      if (g.rope) bwd_chunk<T, W, acc, true>(p, row_begin, row_end, partial, xhat_buf.data(), dxhat_buf.data());
+      else bwd_chunk<T, W, acc, false>(p, row_begin, row_end, partial, xhat_buf.data(), dxhat_buf.data());
     }
   });
   W* grad_weight = static_cast<W*>(p.grad_weight);
