@@ -234,6 +234,9 @@ def _infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow arbitrary pickled objects in the checkpoint (only for checkpoints from a source you trust)")
+    p.add_argument("--context-parallel", action="store_true",
+                   help="under torchrun: split each sample's latent frames over all ranks (the default does this "
+                        "with more than 2 ranks and fewer samples than ranks)")
 
 
 @command("infer", "generate videos with a (post-trained) Video2World checkpoint: text2world, image2world, video2world",
@@ -263,7 +266,8 @@ def _infer(args: argparse.Namespace) -> int:
     if args.output_dir is not None:
         changes["output_dir"] = args.output_dir
     samples = {name: dataclasses.replace(cfg, **changes) for name, cfg in samples.items()}
-    for result in run_infer(recipe.model, samples, progress=args.progress, trust_checkpoint=args.trust_checkpoint):
+    for result in run_infer(recipe.model, samples, progress=args.progress, trust_checkpoint=args.trust_checkpoint,
+                            context_parallel=args.context_parallel):
         print(result.video_path)
     return 0
 

@@ -201,24 +201,39 @@ def test_shipped_recipes_and_example_sample_file_validate():
 
 
 @pytest.mark.slow
-def test_two_ranks_split_cond_and_uncond_and_match_one_process(ckpt, tmp_path):
-    """torchrun, 2 ranks (gloo): rank 0 runs the conditional branch, rank 1 the unconditional one; the video
-    equals the one-process (batched) result within float rounding of a batch-1 vs batch-2 DiT call."""
+@pytest.mark.parametrize("mode", ["branches", "context"])
+def test_two_ranks_match_one_process(ckpt, tmp_path, mode):
+    """torchrun, 2 ranks (gloo). "branches": rank 0 runs the conditional branch, rank 1 the unconditional
+    one. "context" (--context-parallel): each rank runs its half of the latent frames, self-attention
+    exchanging heads and tokens. Either way the video equals the one-process result within float rounding."""
     import subprocess
     import sys
 
-    def infer(out: Path, launcher: list[str]) -> np.ndarray:
+    frames = ["--set", "infer.num_frames=13"]  # 4 latent frames: 2 per rank
+
+    def infer(out: Path, launcher: list[str], *extra: str) -> subprocess.CompletedProcess:
         args = [*launcher, "-m", "cosmos_engine.cli", "infer", str(TINY), "--set", f"infer.checkpoint_path={ckpt}",
-                "--set", f"infer.output_dir={out}", "--set", "infer.num_steps=8", "--no-progress"]
-        result = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                                env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stderr[-3000:]
+                "--set", f"infer.output_dir={out}", "--set", "infer.num_steps=8", "--no-progress", *frames, *extra]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+    def strip(out: Path) -> np.ndarray:
         with av.open(str(out / "tiny_robot.png")) as container:  # the lossless strip of decoded frames
             return next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
 
-    one = infer(tmp_path / "one", [sys.executable])
-    two = infer(tmp_path / "two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    extra = ["--context-parallel"] if mode == "context" else []
+    single, split = infer(tmp_path / "one", [sys.executable]), infer(tmp_path / "two", torchrun, *extra)
+    for result in (single, split):
+        assert result.returncode == 0, result.stderr[-3000:]
+    said = {"branches": "conditional / unconditional branch per rank", "context": "latent frames split over all ranks"}
+    assert said[mode] in split.stderr
+    one, two = strip(tmp_path / "one"), strip(tmp_path / "two")
     assert two.shape == one.shape == (64, 4 * 112, 3)
-    # The latents differ by float rounding only (batch-1 vs batch-2 GEMMs), which can move a pixel across a
-    # uint8 truncation boundary: at most one level (seen: 1 level max, 5e-5 mean).
+    # The latents differ by float rounding only (other GEMM shapes), which can move a pixel across a uint8
+    # truncation boundary: at most one level (seen: 1 level max, 5e-5 mean).
     assert np.abs(two - one).max() <= 1
+    if mode == "context":  # 17 frames = 5 latent frames cannot be split over 2 ranks: a clear error
+        frames = []
+        refused = infer(tmp_path / "odd", torchrun, "--context-parallel")
+        assert refused.returncode != 0 and "5 latent frames" in refused.stderr

@@ -18,7 +18,10 @@ Data flow (DESIGN.md §4; reference vae_data_io.md §5.3-5.5, dit_and_training.m
    at the recipe's fps (CRF 25, about imageio's quality 5) and a PNG strip of a few frames beside it, both
    written to a temporary name and renamed.
 
-Not done (see the official): guardrails, context parallelism, YAML sample files. An input that PyAV decodes
+Several GPUs (torchrun): see `_parallel_mode`; context parallelism is Ulysses over the latent frames
+(parallel/context_parallel.py), as the official `--context-parallel-size`.
+
+Not done (see the official): guardrails, YAML sample files. An input that PyAV decodes
 differently from PIL/imageio (JPEG chroma upsampling) gives slightly different condition pixels.
 """
 
@@ -292,13 +295,37 @@ def _checkpoint(model_cfg: ModelConfig, cfg: InferConfig) -> str:
     return str(Path(path).expanduser())
 
 
+def _parallel_mode(world_size: int, samples: Mapping[str, InferConfig], num_heads: int, context_parallel: bool) -> str:
+    """How the ranks of a torchrun job share the work:
+    "single" (one process); "context" (every sample's latent frames split over all ranks: asked for, or
+    more than 2 ranks and fewer samples than ranks); "branches" (2 ranks: conditional and unconditional
+    branch each); "samples" (more ranks: every world_size-th sample each)."""
+    if world_size == 1:
+        return "single"
+    if context_parallel or (world_size > 2 and len(samples) < world_size):
+        problems = [f"sample {name!r}: {1 + (cfg.num_frames - 1) // 4} latent frames" for name, cfg in samples.items()
+                    if (1 + (cfg.num_frames - 1) // 4) % world_size]
+        if num_heads % world_size:
+            problems.append(f"the DiT's {num_heads} heads")
+        if not problems:
+            return "context"
+        why = (f"context parallelism over {world_size} ranks needs latent frame counts and heads divisible by "
+               f"{world_size}: " + "; ".join(problems))
+        if context_parallel:
+            raise RecipeError(why)
+        log.warning("%s; splitting the samples instead", why)
+    return "branches" if world_size == 2 else "samples"
+
+
 def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | InferConfig, *,
               device: torch.device | str | None = None, progress: bool = True,
-              trust_checkpoint: bool = False) -> list[InferResult]:
+              trust_checkpoint: bool = False, context_parallel: bool = False) -> list[InferResult]:
     """Generate every sample and write `<output_dir>/<name>.mp4` and `<name>.png`; returns what was written.
 
     All samples must use the same DiT weights (one checkpoint is loaded). The tiny flavor's random text
-    encoder is written once to `<output_dir>/.cache/tiny_reason1` (seeded: the one post-training used)."""
+    encoder is written once to `<output_dir>/.cache/tiny_reason1` (seeded: the one post-training used).
+    Under torchrun the ranks share the work as `_parallel_mode` says; `context_parallel` asks for every
+    sample's latent frames to be split over all ranks."""
     from cosmos_engine.models.flavors import dit_config, parameter_dtype
     from cosmos_engine.models.state_dict import build_dit
     from cosmos_engine.train.data import build_text_encoder, build_vae
@@ -317,11 +344,14 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     weights = {cfg.weights for cfg in samples.values()}
     if len(weights) != 1:
         raise RecipeError("the samples ask for different infer.weights; run them separately")
-    # Several ranks (torchrun): 2 ranks share each sample, cond / uncond branch each; more ranks take
-    # every world_size-th sample. One process works as before.
     dist_info = setup_distributed()
-    split_branches = dist_info.world_size == 2
-    if dist_info.world_size > 2:
+    mode = _parallel_mode(dist_info.world_size, samples, dit_config(model_cfg.flavor).num_heads, context_parallel)
+    if dist_info.world_size > 1:
+        log.info("%d ranks: %s", dist_info.world_size, {"context": "each sample's latent frames split over all ranks",
+                                                        "branches": "conditional / unconditional branch per rank",
+                                                        "samples": "every world_size-th sample per rank"}[mode])
+    split_branches = mode == "branches"
+    if mode == "samples":
         names = list(samples)[dist_info.rank::dist_info.world_size]
         samples = {name: samples[name] for name in names}
         if not samples:
@@ -354,13 +384,15 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     # 3. Sampling, 4. decoding and files.
     net = build_dit(dit_config(model_cfg.flavor), checkpoint, device=device, dtype=dtype, weights=weights.pop(),
                     trust_checkpoint=trust_checkpoint).eval().requires_grad_(False)
+    if mode == "context":
+        net.enable_context_parallel(dist.group.WORLD)
     results = []
     for name, cfg in samples.items():
         latent = sample_latent(net, cfg, text_cond=embeddings[cfg.prompt][None],
                                text_uncond=embeddings[cfg.negative_prompt][None], condition_x0=condition[name],
                                progress=progress and dist_info.is_main, split_branches=split_branches)
-        if split_branches and not dist_info.is_main:
-            continue  # both ranks hold the same latent; rank 0 decodes and writes it
+        if mode in ("branches", "context") and not dist_info.is_main:
+            continue  # every rank holds the same latent; rank 0 decodes and writes it
         video = vae.decode(latent.to(vae.dtype), tiled=cfg.tiled_decode or model_cfg.vae_tiled)
         frames = to_uint8_frames(video)
         out_dir = Path(cfg.output_dir).expanduser()

@@ -44,10 +44,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from cosmos_engine import ops
+from cosmos_engine.parallel import context_parallel
 
 RMS_EPS = 1e-6
 ROPE_BASE = 10000.0
@@ -341,6 +343,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim)
         self.v_proj = nn.Linear(context_dim, inner_dim, bias=False)
         self.output_proj = nn.Linear(inner_dim, query_dim, bias=False)
+        self.context_parallel_group: dist.ProcessGroup | None = None  # self-attention only, see CosmosDiT
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -355,7 +358,12 @@ class Attention(nn.Module):
         q = ops.rmsnorm_rope(q, self.q_norm.weight, cos, sin, self.q_norm.eps)
         k = ops.rmsnorm_rope(k, self.k_norm.weight, cos, sin, self.k_norm.eps)
         # 4. Attention, then the output projection                           # [B, L, D]
-        out = ops.attention(q, k, v)
+        group = self.context_parallel_group
+        if group is None:
+            out = ops.attention(q, k, v)
+        else:  # this rank's tokens only: attend over every rank's tokens, for this rank's heads
+            q, k, v = (context_parallel.tokens_to_heads(t, group) for t in (q, k, v))
+            out = context_parallel.heads_to_tokens(ops.attention(q, k, v), group)
         return self.output_proj(out.reshape(batch, tokens, self.num_heads * self.head_dim))
 
     def init_weights(self) -> None:
@@ -502,6 +510,24 @@ class CosmosDiT(nn.Module):
         if self.config.use_crossattn_projection:
             self.crossattn_proj[0].reset_parameters()
 
+    @property
+    def context_parallel_group(self) -> dist.ProcessGroup | None:
+        return self.blocks[0].self_attn.context_parallel_group
+
+    def enable_context_parallel(self, group: dist.ProcessGroup) -> None:
+        """Split every forward's latent frames over the ranks of `group` (Ulysses, sampling only; see
+        parallel/context_parallel.py). All ranks must call the net with the same inputs; each returns the
+        whole output. The latent frame count and the head count must divide by the group size."""
+        if self.config.num_heads % group.size():
+            raise ValueError(f"context parallelism over {group.size()} ranks needs num_heads divisible by it, "
+                             f"got {self.config.num_heads}")
+        for block in self.blocks:
+            block.self_attn.context_parallel_group = group
+
+    def disable_context_parallel(self) -> None:
+        for block in self.blocks:
+            block.self_attn.context_parallel_group = None
+
     def forward(self, x_B_C_T_H_W: torch.Tensor, timesteps_B_T: torch.Tensor, crossattn_emb: torch.Tensor,
                 condition_video_input_mask_B_C_T_H_W: torch.Tensor | None = None, fps: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None, data_type: Any = "video", **kwargs: Any) -> torch.Tensor:
@@ -547,6 +573,15 @@ class CosmosDiT(nn.Module):
 
         # 3. RoPE table, in the island dtype                                    # cos, sin [L, head_dim]
         rope = self.pos_embedder(grid_t, grid_h, grid_w, island)
+        group = self.context_parallel_group
+        if group is not None:  # keep this rank's frames: their tokens and their rows of the table
+            if torch.is_grad_enabled():
+                raise RuntimeError("CosmosDiT: context parallelism is implemented for sampling only; call the net "
+                                   "under torch.no_grad() or disable_context_parallel() to train")
+            t0, t1 = context_parallel.frame_range(grid_t, group)
+            per_frame = grid_h * grid_w
+            x = x[:, t0 * per_frame:t1 * per_frame]
+            rope = tuple(table[t0 * per_frame:t1 * per_frame] for table in rope)
 
         # 4. Text: Linear + exact GELU                                           # [B, N, crossattn_emb_channels]
         context = crossattn_emb.to(dtype)
@@ -559,6 +594,8 @@ class CosmosDiT(nn.Module):
         sinusoid = self.t_embedder[0](timesteps * cfg.timestep_scale)            # [B, T, D]
         adaln_lora_B_T_3D = self.t_embedder[1](sinusoid)                         # [B, T, 3D]
         emb_B_T_D = self.t_embedding_norm(sinusoid)                              # [B, T, D]
+        if group is not None and emb_B_T_D.shape[1] > 1:  # per-frame timesteps: this rank's frames
+            emb_B_T_D, adaln_lora_B_T_3D = emb_B_T_D[:, t0:t1], adaln_lora_B_T_3D[:, t0:t1]
 
         # 6. Blocks                                                              # [B, L, D]
         for block in self.blocks:
@@ -566,6 +603,8 @@ class CosmosDiT(nn.Module):
 
         # 7. Final layer                                                         # [B, L, p*p*r*C_out], island dtype
         x = self.final_layer(x, emb_B_T_D, adaln_lora_B_T_3D)
+        if group is not None:
+            x = context_parallel.gather_tokens(x, group)
 
         # 8. Unpatchify "B T H W (p1 p2 r C) -> B C (T r) (H p1) (W p2)": the feature order here is channel-MINOR,
         #    the opposite of patchify, because that is how the official final layer was trained.

@@ -1,1 +1,2 @@
-"""Distribution and memory: activation checkpointing (parallelize.py); FSDP2 and context parallelism later."""
+"""Distribution and memory: process setup (distributed.py), activation checkpointing and FSDP2
+(parallelize.py), context parallelism for sampling (context_parallel.py)."""
