@@ -20,6 +20,7 @@ WORK=/tmp/gpu_check
 mkdir -p "$OUT" "$WORK"
 PY=${PYTHON:-python3}
 PART=${GPU_CHECK:-tests}
+failed=0
 log() { echo "gpu_check: $*" | tee -a "$WORK/summary.txt"; }
 finish() { cp benchmarks/results/*.json "$WORK/" 2>/dev/null; cp "$WORK/summary.txt" "$OUT/"; tar -czf "$OUT/gpu_check_$PART.tgz" -C "$WORK" .; }
 trap finish EXIT
@@ -41,19 +42,22 @@ $PY scripts/check_cubin.py 2>&1 | tee -a "$WORK/summary.txt"
 case "$PART" in
   tests)
     $PY -m pytest -m cuda -q -p no:cacheprovider > "$WORK/pytest_cuda.log" 2>&1
+    status=$?
     log "cuda tests: $(tail -1 "$WORK/pytest_cuda.log")"
-    grep -E "^(FAILED|ERROR)" "$WORK/pytest_cuda.log" | head -20 ;;
+    grep -E "^(FAILED|ERROR)" "$WORK/pytest_cuda.log" | head -20
+    exit $status ;;
   kernels)
     for op in adaln_layernorm gate_residual rmsnorm_rope; do
       for dtype in bfloat16 float32; do
         $PY "benchmarks/kernels/bench_$op.py" --device cuda --dtype "$dtype" --frames 1 4 24 \
-          > "$WORK/bench_${op}_${dtype}.log" 2>&1 || log "bench_$op $dtype FAILED"
+          > "$WORK/bench_${op}_${dtype}.log" 2>&1 || { log "bench_$op $dtype FAILED"; failed=1; }
         log "$op $dtype: $(grep -A6 '^tokens' "$WORK/bench_${op}_${dtype}.log" | tr -s ' ' | tr '\n' ';')"
       done
     done ;;
   train)
     $PY benchmarks/e2e/bench_train.py --flavors 2b --frames 93 --height 704 --width 1280 \
-      --activation-checkpointing selective > "$WORK/bench_train_2b.log" 2>&1 || log "bench_train 2b FAILED"
+      --activation-checkpointing selective > "$WORK/bench_train_2b.log" 2>&1 || { log "bench_train 2b FAILED"; failed=1; }
     log "2b step: $(tail -6 "$WORK/bench_train_2b.log" | tr -s ' ' | tr '\n' ';')" ;;
   *) log "GPU_CHECK must be tests, kernels or train, got $PART"; exit 2 ;;
 esac
+exit $failed

@@ -112,6 +112,8 @@ std::tuple<at::Tensor, at::Tensor> gate_residual_bwd_cuda(const at::Tensor& grad
   const Geometry& g = c.params.g;
   if (c.grad_y.numel() == 0) return {c.grad_y, c.grad_gate.zero_()};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TORCH_CHECK(g.batch * g.frames <= 65535, "gate_residual: ", g.batch, " x ", g.frames,
+              " gate rows exceed what one backward launch covers (65535); split the batch");
   const dim3 reduce_grid((g.dim + kReduceCols - 1) / kReduceCols, g.batch * g.frames);
   const dim3 reduce_block(kReduceCols, kReduceRowGroups);
   COSMOS_DISPATCH_FLOATING(c.grad_out.scalar_type(), "gate_residual", [&] {

@@ -174,6 +174,8 @@ std::tuple<at::Tensor, at::Tensor> rmsnorm_rope_bwd_cuda(const at::Tensor& grad_
   const int64_t rows = g.batch * g.tokens * g.heads;
   if (rows == 0) return {c.grad_x, c.grad_weight.zero_()};
   const int64_t chunks = (rows + kDwRowsPerChunk - 1) / kDwRowsPerChunk;
+  TORCH_CHECK(chunks <= 65535, "rmsnorm_rope: ", rows, " head vectors exceed what one backward launch covers (",
+              65535 * kDwRowsPerChunk, "); split the batch");
   const at::Tensor partial = at::empty({chunks, g.dim}, c.x.options().dtype(c.rstd.scalar_type()));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 dw_grid((g.dim / 2 + kPairCols - 1) / kPairCols, chunks);

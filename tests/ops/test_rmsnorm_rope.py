@@ -38,8 +38,9 @@ def make_inputs(shape, dtype, device, weight_dtype=None, rope=True, seed=0):
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     if not rope:
         return x, weight, None, None
-    angles = torch.rand(tokens, dim // 2, generator=gen, dtype=torch.float64) * 50
-    angles = torch.cat([angles, angles], dim=-1)  # rotate-half tables repeat their angles
+    # Independent angles in both halves: the model's tables repeat theirs, but a kernel that mixed up the
+    # lo and hi halves of cos/sin would pass on such a table.
+    angles = torch.rand(tokens, dim, generator=gen, dtype=torch.float64) * 50
     return x, weight, angles.cos().to(device, acc), angles.sin().to(device, acc)
 
 

@@ -1,4 +1,5 @@
-"""Run by test_context_parallel.py under torchrun: the tiny DiT on 2 ranks with context parallelism."""
+"""Run by test_context_parallel.py under torchrun: the tiny DiT on 2 ranks with context parallelism
+(`dit OUT`), or the exchanges alone on any number of ranks (`exchanges OUT`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.distributed as dist
 
 from cosmos_engine.models.cosmos_dit import CosmosDiT
 from cosmos_engine.models.flavors import dit_config
+from cosmos_engine.parallel import context_parallel
 
 
 def main(out_path: str) -> None:
@@ -54,5 +56,25 @@ def main(out_path: str) -> None:
     dist.destroy_process_group()
 
 
+def exchanges(out_path: str) -> None:
+    """tokens_to_heads / heads_to_tokens against slices of the whole tensor, 2 heads per rank."""
+    dist.init_process_group("gloo")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    whole = torch.randn(2, 5 * size, 2 * size, 4, generator=torch.Generator().manual_seed(3))  # [B, L, H, d]
+    tokens = whole.shape[1] // size
+    mine = whole[:, rank * tokens:(rank + 1) * tokens]  # my tokens, all heads
+    heads = context_parallel.tokens_to_heads(mine, dist.group.WORLD)
+    back = context_parallel.heads_to_tokens(heads, dist.group.WORLD)
+    gathered = context_parallel.gather_tokens(mine.flatten(2), dist.group.WORLD)
+    ok = (torch.equal(heads, whole[:, :, 2 * rank:2 * rank + 2]) and torch.equal(back, mine)
+          and torch.equal(gathered, whole.flatten(2)))
+    results = [None] * size
+    dist.all_gather_object(results, ok)
+    if rank == 0:
+        torch.save({"ok": results}, out_path)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    {"dit": main, "exchanges": exchanges}[sys.argv[1]](sys.argv[2])

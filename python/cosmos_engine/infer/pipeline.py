@@ -295,16 +295,22 @@ def _checkpoint(model_cfg: ModelConfig, cfg: InferConfig) -> str:
     return str(Path(path).expanduser())
 
 
-def _parallel_mode(world_size: int, samples: Mapping[str, InferConfig], num_heads: int, context_parallel: bool) -> str:
+def _parallel_mode(world_size: int, samples: Mapping[str, InferConfig], num_heads: int, patch_temporal: int,
+                   context_parallel: bool) -> str:
     """How the ranks of a torchrun job share the work:
     "single" (one process); "context" (every sample's latent frames split over all ranks: asked for, or
     more than 2 ranks and fewer samples than ranks); "branches" (2 ranks: conditional and unconditional
     branch each); "samples" (more ranks: every world_size-th sample each)."""
     if world_size == 1:
+        if context_parallel:
+            log.warning("--context-parallel has no effect in one process; launch with torchrun --nproc_per_node N")
         return "single"
     if context_parallel or (world_size > 2 and len(samples) < world_size):
-        problems = [f"sample {name!r}: {1 + (cfg.num_frames - 1) // 4} latent frames" for name, cfg in samples.items()
-                    if (1 + (cfg.num_frames - 1) // 4) % world_size]
+        def token_frames(cfg: InferConfig) -> int:  # what the DiT splits: latent frames / patch_temporal
+            return (1 + (cfg.num_frames - 1) // 4) // patch_temporal
+
+        problems = [f"sample {name!r}: {token_frames(cfg)} latent frames" for name, cfg in samples.items()
+                    if token_frames(cfg) % world_size]
         if num_heads % world_size:
             problems.append(f"the DiT's {num_heads} heads")
         if not problems:
@@ -345,7 +351,8 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     if len(weights) != 1:
         raise RecipeError("the samples ask for different infer.weights; run them separately")
     dist_info = setup_distributed()
-    mode = _parallel_mode(dist_info.world_size, samples, dit_config(model_cfg.flavor).num_heads, context_parallel)
+    dit_cfg = dit_config(model_cfg.flavor)
+    mode = _parallel_mode(dist_info.world_size, samples, dit_cfg.num_heads, dit_cfg.patch_temporal, context_parallel)
     if dist_info.world_size > 1:
         log.info("%d ranks: %s", dist_info.world_size, {"context": "each sample's latent frames split over all ranks",
                                                         "branches": "conditional / unconditional branch per rank",
@@ -382,7 +389,7 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
         condition[name] = x0
 
     # 3. Sampling, 4. decoding and files.
-    net = build_dit(dit_config(model_cfg.flavor), checkpoint, device=device, dtype=dtype, weights=weights.pop(),
+    net = build_dit(dit_cfg, checkpoint, device=device, dtype=dtype, weights=weights.pop(),
                     trust_checkpoint=trust_checkpoint).eval().requires_grad_(False)
     if mode == "context":
         net.enable_context_parallel(dist.group.WORLD)
