@@ -42,3 +42,10 @@ def load_reference_case(name: str) -> dict:
 @pytest.fixture
 def reference_case():
     return load_reference_case
+
+
+class PickleThatRunsCode:
+    """Unpickling this calls print: what a hostile checkpoint's pickle could do; loaders must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("this must not run",))

@@ -15,7 +15,7 @@ import torch.distributed.checkpoint as dcp
 from cosmos_engine import convert
 from cosmos_engine.cli import main
 from cosmos_engine.errors import CheckpointError
-from tests.conftest import REFERENCE_DIR, load_reference_case
+from tests.conftest import REFERENCE_DIR, PickleThatRunsCode, load_reference_case
 
 OUTPUTS = ["model.pt", "model_ema_fp32.pt", "model_ema_bf16.pt"]
 
@@ -196,11 +196,6 @@ def test_latest_checkpoint_naming_a_missing_folder(tmp_path):
 # --------------------------------------------------------------------------------------- untrusted pickles
 
 
-class RunsCode:
-    def __reduce__(self):
-        return (print, ("this must not run",))
-
-
 def test_pickled_objects_need_trust(tmp_path):
     state = {**trainer_state(), "net.blocks.0.layer._extra_state": io.BytesIO(b"te")}
     model_dir = save_dcp(state, tmp_path / "it" / "model")
@@ -210,7 +205,7 @@ def test_pickled_objects_need_trust(tmp_path):
     model = torch.load(tmp_path / "it" / "model.pt", weights_only=False)
     assert model["net.blocks.0.layer._extra_state"].getvalue() == b"te"
 
-    (model_dir / ".metadata").write_bytes(pickle.dumps(RunsCode()))
+    (model_dir / ".metadata").write_bytes(pickle.dumps(PickleThatRunsCode()))
     with pytest.raises(CheckpointError, match="refusing to load builtins.print"):
         convert.convert_checkpoint(model_dir)
 

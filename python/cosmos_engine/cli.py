@@ -34,6 +34,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one recipe value (repeatable), e.g. --set train.max_steps=20")
 
 
+def _add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow arbitrary pickled objects in the checkpoint (only for checkpoints from a source "
+                             "you trust)")
+
+
 # ----------------------------------------------------------------------------------------------- info
 @command("info", "print the build, the devices and the attention backend", lambda p: p.add_argument(
     "--json", action="store_true", help="print machine-readable JSON"))
@@ -183,8 +189,7 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
                    help="where model.pt, model_ema_fp32.pt and model_ema_bf16.pt go (default: the iter_XXXXXXXXX folder)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="write model.pt only (a run trained without EMA)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow arbitrary pickled objects in the checkpoint (only for checkpoints from a source you trust)")
+    _add_trust_argument(p)
 
 
 @command("convert", "turn a training checkpoint into the official inference files", _convert_arguments)
@@ -199,8 +204,7 @@ def _convert(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ run
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     _add_recipe_arguments(p)
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow arbitrary pickled objects in model.checkpoint (only for checkpoints from a source you trust)")
+    _add_trust_argument(p)
 
 
 @command("run", "post-train the Video2World DiT as a recipe says (under torchrun for several GPUs)", _run_arguments)
@@ -232,8 +236,7 @@ def _infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-path", help="DiT weights (model_ema_bf16.pt, ...); overrides infer.checkpoint_path")
     p.add_argument("--output-dir", help="where <name>.mp4 and <name>.png go; overrides infer.output_dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow arbitrary pickled objects in the checkpoint (only for checkpoints from a source you trust)")
+    _add_trust_argument(p)
     p.add_argument("--context-parallel", action="store_true",
                    help="under torchrun: split each sample's latent frames over all ranks (the default does this "
                         "with more than 2 ranks and fewer samples than ranks)")

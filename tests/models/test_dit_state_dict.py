@@ -16,7 +16,7 @@ from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models.cosmos_dit import CosmosDiT
 from cosmos_engine.models.flavors import dit_config
 from cosmos_engine.models.state_dict import build_dit, read_state_dict, strip_official_prefix
-from tests.conftest import REFERENCE_DIR, load_reference_case
+from tests.conftest import REFERENCE_DIR, PickleThatRunsCode, load_reference_case
 
 TINY = dit_config("tiny")
 
@@ -166,11 +166,6 @@ def test_random_init_without_checkpoint():
     assert torch.equal(model.pos_embedder.seq, torch.arange(128, dtype=torch.bfloat16))
 
 
-class RunsCode:
-    def __reduce__(self):
-        return (print, ("this must not run",))
-
-
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_dcp_metadata_is_not_unpickled_freely(tmp_path, states, capsys):
     """A DCP `.metadata` is a pickle: building from it must refuse code in it unless the checkpoint is trusted."""
@@ -178,7 +173,7 @@ def test_dcp_metadata_is_not_unpickled_freely(tmp_path, states, capsys):
     folder = tmp_path / "iter_000000010" / "model"
     state = {k: v for k, v in official_layout(net, ema).items() if not k.endswith("_extra_state")}
     dcp.save(state, storage_writer=FileSystemWriter(folder), no_dist=True)
-    (folder / ".metadata").write_bytes(pickle.dumps(RunsCode()))
+    (folder / ".metadata").write_bytes(pickle.dumps(PickleThatRunsCode()))
     for load in (lambda: build_dit(TINY, folder), lambda: read_state_dict(folder)):
         with pytest.raises(CheckpointError, match="refusing to load builtins.print.*--trust-checkpoint"):
             load()

@@ -12,7 +12,6 @@ import torch
 from cosmos_engine.ops import _backend, _library, reference
 
 EPS = 1e-6
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def check_inputs(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> int:
@@ -31,7 +30,7 @@ def check_inputs(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> i
             raise ValueError(f"adaln_layernorm: '{name}' is on {t.device} but 'x' is on {x.device}")
         if t.dtype not in (x.dtype, torch.float32):
             raise TypeError(f"adaln_layernorm: '{name}' must have the dtype of 'x' ({x.dtype}) or float32, got {t.dtype}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in reference.FLOAT_DTYPES:
         raise TypeError(f"adaln_layernorm: 'x' must be float32, bfloat16, float16 or float64, got {x.dtype}")
     if shift.dtype != scale.dtype:
         raise TypeError(f"adaln_layernorm: 'shift' is {shift.dtype} but 'scale' is {scale.dtype}")
@@ -42,9 +41,6 @@ def check_inputs(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> i
     return x.shape[1] // frames
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
 
 def _register() -> None:
     """Fakes and autograd for the compiled ops (only when _C is loaded)."""
@@ -54,7 +50,7 @@ def _register() -> None:
         torch._check(x.dim() == 3 and shift.dim() == 3 and scale.dim() == 3, lambda: "adaln_layernorm: x, shift and scale must be 3-D")
         torch._check(shift.shape[1] * tokens_per_frame == x.shape[1], lambda: "adaln_layernorm: frames * tokens_per_frame != tokens")
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        mean = x.new_empty(x.shape[:2], dtype=_acc_dtype(x))
+        mean = x.new_empty(x.shape[:2], dtype=reference.acc_dtype(x))
         return out, mean, torch.empty_like(mean)
 
     @torch.library.register_fake("cosmos_engine::adaln_layernorm_bwd")

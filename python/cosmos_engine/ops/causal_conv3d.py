@@ -31,7 +31,6 @@ from cosmos_engine.ops import _backend, reference
 log = logging.getLogger(__name__)
 
 _OP = "cosmos_engine::causal_conv3d_fwd"
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cache_x: torch.Tensor | None,
@@ -39,7 +38,7 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """Validate shapes, dtypes, devices and the padding/stride triples; errors name the argument."""
     if x.dim() != 5:
         raise ValueError(f"causal_conv3d: 'x' must be [B, C, T, H, W], got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in reference.FLOAT_DTYPES:
         raise TypeError(f"causal_conv3d: 'x' must be a floating-point tensor, got {x.dtype}")
     if weight.dim() != 5 or weight.shape[1] != x.shape[1]:
         raise ValueError(f"causal_conv3d: 'weight' must be [C_out, C_in={x.shape[1]}, kT, kH, kW] for 'x' of shape "

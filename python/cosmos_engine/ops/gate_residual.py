@@ -12,7 +12,6 @@ import torch
 
 from cosmos_engine.ops import _backend, _library, reference
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def check_inputs(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> int:
@@ -20,14 +19,14 @@ def check_inputs(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> int:
     for name, t in (("x", x), ("y", y)):
         if t.dim() != 3:
             raise ValueError(f"gate_residual: '{name}' must be [B, T*H*W, D], got shape {tuple(t.shape)}")
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in reference.FLOAT_DTYPES:
             raise TypeError(f"gate_residual: '{name}' must be float32, bfloat16, float16 or float64, got {t.dtype}")
     if y.shape != x.shape:
         raise ValueError(f"gate_residual: 'y' has shape {tuple(y.shape)} but 'x' has {tuple(x.shape)}")
     if gate.dim() != 3 or gate.shape[0] != x.shape[0] or gate.shape[2] != x.shape[2]:
         raise ValueError(f"gate_residual: 'gate' has shape {tuple(gate.shape)}, expected [B={x.shape[0]}, T, "
                          f"D={x.shape[2]}] to match 'x' of shape {tuple(x.shape)}")
-    if gate.dtype not in _FLOAT_DTYPES:
+    if gate.dtype not in reference.FLOAT_DTYPES:
         raise TypeError(f"gate_residual: 'gate' must be a floating-point tensor, got {gate.dtype}")
     for name, t in (("gate", gate), ("y", y)):
         if t.device != x.device:

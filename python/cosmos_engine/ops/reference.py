@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+# The activation dtypes every op accepts.
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op computes in for inputs like x: float64 for float64, else float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -20,7 +25,7 @@ def adaln_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, e
     shift/scale [B, T, D] applied to the N tokens of each frame."""
     batch, tokens, dim = x.shape
     frames = shift.shape[1]
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     xhat = F.layer_norm(x.to(acc), (dim,), eps=eps).view(batch, frames, tokens // frames, dim)
     out = xhat * (1 + scale.to(acc)[:, :, None]) + shift.to(acc)[:, :, None]
     return out.view(batch, tokens, dim).to(x.dtype)
@@ -30,7 +35,7 @@ def gate_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch
     """x + gate * y for x, y [B, T*N, D] and a per-frame gate [B, T, D] applied to the N tokens of each frame."""
     batch, tokens, dim = x.shape
     frames = gate.shape[1]
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     out = (x.to(acc).view(batch, frames, tokens // frames, dim)
            + gate.to(acc)[:, :, None] * y.to(acc).view(batch, frames, tokens // frames, dim))
     return out.view(batch, tokens, dim).to(x.dtype)
@@ -40,7 +45,7 @@ def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None
                  sin: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """Per-head RMSNorm of x [B, L, H, d] (x / sqrt(mean(x^2) + eps) * weight), then, with cos/sin [L, d],
     rotate-half RoPE: n * cos + cat(-n2, n1) * sin for the halves n1, n2 of each head vector."""
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     xf = x.to(acc)
     n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc)
     if cos is not None:
@@ -51,7 +56,7 @@ def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Non-causal softmax(q k^T / sqrt(d)) v, no mask. q [B, Lq, H, d], k/v [B, Lk, H, d] -> [B, Lq, H, d]."""
-    acc = _acc_dtype(q)
+    acc = acc_dtype(q)
     scores = torch.einsum("bqhd,bkhd->bhqk", q.to(acc), k.to(acc)) * q.shape[-1] ** -0.5
     out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), v.to(acc))
     return out.to(q.dtype)
@@ -74,6 +79,6 @@ def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         x_full = x
     if past or pad_h or pad_w:
         x_full = F.pad(x_full, (pad_w, pad_w, pad_h, pad_h, past, 0))
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     out = F.conv3d(x_full.to(acc), weight.to(acc), None if bias is None else bias.to(acc), stride)
     return out.to(x.dtype)

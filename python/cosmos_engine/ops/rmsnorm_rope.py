@@ -12,18 +12,14 @@ import torch
 from cosmos_engine.ops import _backend, _library, reference
 
 EPS = 1e-6
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> None:
     """Validate shapes, dtypes and devices. Errors name the argument."""
     if x.dim() != 4:
         raise ValueError(f"rmsnorm_rope: 'x' must be [B, L, heads, head_dim], got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in reference.FLOAT_DTYPES:
         raise TypeError(f"rmsnorm_rope: 'x' must be float32, bfloat16, float16 or float64, got {x.dtype}")
     dim = x.shape[-1]
     if dim % 2:
@@ -48,7 +44,7 @@ def _register() -> None:
     @torch.library.register_fake("cosmos_engine::rmsnorm_rope_fwd")
     def _fwd_fake(x, weight, cos, sin, eps):
         torch._check(x.dim() == 4 and weight.dim() == 1, lambda: "rmsnorm_rope: x must be 4-D and weight 1-D")
-        return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:3], dtype=_acc_dtype(x))
+        return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:3], dtype=reference.acc_dtype(x))
 
     @torch.library.register_fake("cosmos_engine::rmsnorm_rope_bwd")
     def _bwd_fake(grad_out, x, weight, cos, sin, rstd):
@@ -82,7 +78,7 @@ def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None
     if weight.dtype not in (x.dtype, torch.float32):
         weight = weight.to(x.dtype)
     if cos is not None:
-        cos, sin = cos.to(_acc_dtype(x)), sin.to(_acc_dtype(x))
+        cos, sin = cos.to(reference.acc_dtype(x)), sin.to(reference.acc_dtype(x))
     if _backend.select(x.device) == "reference":
         return reference.rmsnorm_rope(x, weight, cos, sin, eps)
     out, _rstd = torch.ops.cosmos_engine.rmsnorm_rope_fwd(x, weight, cos, sin, eps)
