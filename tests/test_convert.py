@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import tarfile
@@ -13,9 +14,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from cosmos_engine import convert
+from cosmos_engine.atomic import DiskFull
 from cosmos_engine.cli import main
 from cosmos_engine.errors import CheckpointError
-from tests.conftest import REFERENCE_DIR, PickleThatRunsCode, load_reference_case
+from tests.conftest import REFERENCE_DIR, REPO_ROOT, PickleThatRunsCode, load_reference_case
 
 OUTPUTS = ["model.pt", "model_ema_fp32.pt", "model_ema_bf16.pt"]
 
@@ -112,7 +114,7 @@ def test_explicit_output_folder(tmp_path):
     run = make_run(tmp_path)
     out = tmp_path / "exported" / "step10"
     assert main(["convert", str(run / "checkpoints" / "iter_000000010" / "model"), str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS + [name + ".sha256" for name in OUTPUTS])
 
 
 def test_no_ema(tmp_path):
@@ -143,7 +145,7 @@ def test_an_existing_file_is_replaced_only_by_a_complete_one(tmp_path, monkeypat
         real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_then_fail_on_the_third_file)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFull, match="no space left on device while writing .*model_ema_bf16.pt$"):
         convert.convert_checkpoint(iteration)
     assert (iteration / "model_ema_bf16.pt").read_bytes() == b"previous"
     assert "net_ema.accum_iteration" in load(iteration / "model.pt")
@@ -187,10 +189,25 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("cosmos-engine convert: error: ") and text in lines[0], lines
 
 
-def test_latest_checkpoint_naming_a_missing_folder(tmp_path):
-    (tmp_path / "latest_checkpoint.txt").write_text("iter_000000400\n")
-    with pytest.raises(CheckpointError, match="latest_checkpoint.txt: names 'iter_000000400'"):
-        convert.find_model_dir(tmp_path)
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfeiter_000000010\n", "not UTF-8 text (byte 0); expected one line naming a checkpoint folder"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text (byte 0)"),
+    (b"\x00\x01\x02\x7f junk", r"got '\x00\x01\x02\x7f junk'"),
+    (b"", "got an empty file"),
+    (b"\n\n", "got an empty file"),
+    (b"final\n", "such as iter_000000200, got 'final'"),
+    (b"iter_10\n", "got 'iter_10'"),
+    (b"../iter_000000010\n", "got '../iter_000000010'"),
+    (b"iter_000000010\niter_000000005\n", "got 'iter_000000010\\niter_000000005'"),
+    (b"iter_000000400\n", "names 'iter_000000400', but"),
+])
+def test_garbage_in_latest_checkpoint_txt_is_one_line(tmp_path, capsys, content, message):
+    run = make_run(tmp_path)
+    latest = run / "checkpoints" / "latest_checkpoint.txt"
+    latest.write_bytes(content)
+    assert main(["convert", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {latest}: " in err and message in err, err
 
 
 # --------------------------------------------------------------------------------------- untrusted pickles
@@ -206,7 +223,7 @@ def test_pickled_objects_need_trust(tmp_path):
     assert model["net.blocks.0.layer._extra_state"].getvalue() == b"te"
 
     (model_dir / ".metadata").write_bytes(pickle.dumps(PickleThatRunsCode()))
-    with pytest.raises(CheckpointError, match="refusing to load builtins.print"):
+    with pytest.raises(CheckpointError, match="refusing to unpickle builtins.print"):
         convert.convert_checkpoint(model_dir)
 
 
@@ -239,3 +256,120 @@ def test_converted_files_give_the_same_dit_outputs(tmp_path):
         bf16 = build_dit(cfg, folder / "model_ema_bf16.pt", dtype=torch.bfloat16)(**inputs)
         ema_in_bf16 = build_dit(cfg, folder / "model_ema_fp32.pt", dtype=torch.bfloat16)(**inputs)
         assert torch.equal(bf16, ema_in_bf16)  # the bf16 file is exactly the fp32 EMA rounded to bf16
+
+
+# ----------------------------------------------------------------------------------------- sha256 sidecars
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def converted_ema_file(tmp_path: Path) -> Path:
+    run = make_run(tmp_path)
+    convert.convert_checkpoint(run)
+    return run / "checkpoints" / "iter_000000010" / "model_ema_fp32.pt"
+
+
+def test_every_converted_file_gets_a_sha256sum_sidecar(tmp_path):
+    written = convert.convert_checkpoint(make_run(tmp_path))
+    for path in written:
+        assert sidecar(path).read_text() == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+    assert stray_files(written[0].parent) == []
+
+
+def test_a_flipped_byte_is_named_by_every_reader(tmp_path):
+    from cosmos_engine.models.flavors import dit_config
+    from cosmos_engine.models.state_dict import build_dit, read_state_dict
+
+    ema = converted_ema_file(tmp_path)
+    recorded = sidecar(ema).read_text().split()[0]
+    data = bytearray(ema.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ema.write_bytes(bytes(data))
+    found = hashlib.sha256(data).hexdigest()
+    for read in (lambda: read_state_dict(ema), lambda: build_dit(dit_config("tiny"), ema)):
+        with pytest.raises(CheckpointError) as info:
+            read()
+        assert str(info.value).startswith(f"{ema}: sha256 mismatch: model_ema_fp32.pt.sha256 records {recorded}, "
+                                          f"the file has {found}")
+
+
+def test_without_a_sidecar_the_file_is_read_unchecked(tmp_path):
+    from cosmos_engine.models.state_dict import read_state_dict
+
+    ema = converted_ema_file(tmp_path)
+    sidecar(ema).unlink()  # as an official release: no sidecar
+    assert list(read_state_dict(ema)) == ["accum_iteration", "blocks.0.mlp.layer1.weight", "final_layer.linear.weight"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "garbled checksum file (no sha256 digest first)"),
+    (b"deadbeef  model_ema_fp32.pt\n", "garbled checksum file (no sha256 digest first)"),
+    (b"\xff\xfe\x00\x01", "garbled checksum file (not ASCII text)"),
+])
+def test_a_garbled_sidecar_is_named(tmp_path, content, message):
+    from cosmos_engine.models.state_dict import read_state_dict
+
+    ema = converted_ema_file(tmp_path)
+    sidecar(ema).write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(ema)
+    assert str(info.value).startswith(f"{sidecar(ema)}: {message}; expected '<64 hex digits>  model_ema_fp32.pt'")
+
+
+# ------------------------------------------------------------------------- a recipe's run: convert, run:
+
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch) -> Path:
+    """recipes/demo.toml in the working directory (tmp_path), training into ROOT/p/g/demo, with
+    $IMAGINAIRE_OUTPUT_ROOT = tmp_path/root."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMAGINAIRE_OUTPUT_ROOT", str(tmp_path / "root"))
+    path = Path("recipes/demo.toml")
+    path.parent.mkdir()
+    path.write_text('[job]\nproject = "p"\ngroup = "g"\nname = "demo"\n')
+    return path
+
+
+def save_checkpoints(checkpoints: Path, *iterations: int) -> None:
+    """Complete checkpoints as the trainer saves them, with `trainer_state` as the model part."""
+    from cosmos_engine.train.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(checkpoints, keep_last=10)
+    for iteration in iterations:
+        counters = {"step": torch.tensor(iteration)}
+        manager.save(iteration, {"model": trainer_state(seed=iteration), "optim": counters, "scheduler": counters,
+                                 "trainer": counters})
+
+
+def test_convert_a_recipe_takes_its_runs_newest_complete_checkpoint(recipe, tmp_path, capsys):
+    checkpoints = tmp_path / "root" / "p" / "g" / "demo" / "checkpoints"
+    assert main(["convert", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {checkpoints}: no complete checkpoint of the run" in err, err
+
+    save_checkpoints(checkpoints, 5, 10)
+    (checkpoints / "iter_000000015" / "model").mkdir(parents=True)  # an unfinished save: skipped
+    assert main(["convert", str(recipe)]) == 0
+    assert capsys.readouterr().out.split() == [str(checkpoints / "iter_000000010" / name) for name in OUTPUTS]
+    assert not list((checkpoints / "iter_000000005").glob("*.pt"))
+
+
+def test_run_checkpoint_path_names_the_latest_converted_ema_file(recipe, tmp_path, capsys):
+    checkpoints = tmp_path / "root" / "p" / "g" / "demo" / "checkpoints"
+    save_checkpoints(checkpoints, 5)
+    not_converted = f"{checkpoints / 'iter_000000005' / 'model_ema_fp32.pt'}: the run's latest checkpoint is not " \
+                    "converted yet; run `cosmos-engine convert recipes/demo.toml` first"
+    tiny_infer = REPO_ROOT / "recipes" / "tiny_infer.toml"
+    for how in (["--checkpoint-path", "run:recipes/demo.toml"], ["--set", "infer.checkpoint_path=run:recipes/demo.toml"]):
+        assert main(["infer", str(tiny_infer), "--set", f"infer.output_dir={tmp_path / 'out'}", *how]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and not_converted in err, err
+
+    convert.convert_checkpoint(recipe)
+    assert convert.run_ema_file(recipe) == checkpoints.absolute() / "iter_000000005" / "model_ema_fp32.pt"
+    save_checkpoints(checkpoints, 10)  # a newer checkpoint, not converted yet
+    with pytest.raises(CheckpointError, match="iter_000000010/model_ema_fp32.pt: the run's latest checkpoint is not"):
+        convert.run_ema_file(recipe)

@@ -7,6 +7,7 @@ status 2, without a traceback; any other exception is a bug and keeps its traceb
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -177,15 +178,16 @@ def _fill_cache(recipe) -> None:
     _, _, _, stats = fill_cache(recipe.model, recipe.data, device)
     what = "windows and captions" if recipe.data.cache == "windows" else 'captions only (the recipe has cache = "off")'
     print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {stats.texts_encoded} "
-          f"captions encoded, {stats.hits} already cached, {stats.corrupt} recomputed (unreadable or written for "
-          "another key)")
+          f"captions encoded, {stats.hits} already cached, {stats.corrupt} recomputed (unreadable, written for "
+          "another key or holding NaN/Inf)")
 
 
 # -------------------------------------------------------------------------------------------- convert
 def _convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR|RECIPE.toml",
                    help="a DCP checkpoint: RUN/checkpoints/iter_XXXXXXXXX, its model/ folder, or a run or checkpoints "
-                        "folder (its latest_checkpoint.txt picks the latest)")
+                        "folder (its latest_checkpoint.txt picks the latest); or a recipe: the newest complete "
+                        "checkpoint of the run it trains, under the active output root")
     p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
                    help="where model.pt, model_ema_fp32.pt and model_ema_bf16.pt go (default: the iter_XXXXXXXXX folder)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="write model.pt only (a run trained without EMA)")
@@ -205,22 +207,37 @@ def _convert(args: argparse.Namespace) -> int:
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     _add_recipe_arguments(p)
     _add_trust_argument(p)
+    p.add_argument("--allow-recipe-change", action="store_true",
+                   help="resume although recipe values that change the training result differ from those the "
+                        "checkpoints were trained with; the new values apply from the next step")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with checkpoint.resume = false: move the run folder's earlier checkpoints aside to "
+                        "RUN/replaced/ and start again")
 
 
 @command("run", "post-train the Video2World DiT as a recipe says (under torchrun for several GPUs)", _run_arguments)
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    from cosmos_engine.config import load_recipe, write_resolved
-    from cosmos_engine.train.trainer import post_train, run_dir_for
+    from cosmos_engine.config import load_recipe
+    from cosmos_engine.config.paths import run_dir_for
+    from cosmos_engine.train.run_folder import RunFolderOptions
+    from cosmos_engine.train.stop_signals import RunStopped
+    from cosmos_engine.train.trainer import post_train
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = run_dir_for(recipe.job)
-    if int(os.environ.get("RANK", "0")) == 0:
-        log.info("run folder %s (resolved recipe: %s)", run_dir, write_resolved(recipe, run_dir))
-    last = post_train(run_dir, recipe.job, recipe.model, recipe.data, recipe.train, recipe.checkpoint,
-                      trust_checkpoint=args.trust_checkpoint)
-    if last and int(os.environ.get("RANK", "0")) == 0:
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        log.info("run folder %s", run_dir)
+    options = RunFolderOptions(allow_recipe_change=args.allow_recipe_change, overwrite=args.overwrite)
+    try:
+        last = post_train(recipe, run_dir, trust_checkpoint=args.trust_checkpoint, folder_options=options)
+    except RunStopped as stopped:
+        if is_main:
+            print(f"cosmos-engine run: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    if last and is_main:
         print(f"step {last['step']}: loss {last['loss']:.5f}; checkpoints in {run_dir / 'checkpoints'}")
     return 0
 
@@ -233,7 +250,8 @@ def _infer_arguments(p: argparse.ArgumentParser) -> None:
                                     "defaults (frames, fps, sampler, ...); default: the built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override one recipe value (repeatable), e.g. --set infer.seed=3")
-    p.add_argument("--checkpoint-path", help="DiT weights (model_ema_bf16.pt, ...); overrides infer.checkpoint_path")
+    p.add_argument("--checkpoint-path", help="DiT weights (model_ema_bf16.pt, ..., or run:RECIPE.toml: that run's "
+                                             "latest converted EMA file); overrides infer.checkpoint_path")
     p.add_argument("--output-dir", help="where <name>.mp4 and <name>.png go; overrides infer.output_dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_trust_argument(p)
@@ -246,9 +264,11 @@ def _infer_arguments(p: argparse.ArgumentParser) -> None:
          _infer_arguments)
 def _infer(args: argparse.Namespace) -> int:
     import dataclasses
+    import os
     from pathlib import Path
 
     from cosmos_engine.config import load_recipe
+    from cosmos_engine.convert import RUN_PREFIX
     from cosmos_engine.errors import RecipeError
     from cosmos_engine.infer.pipeline import run_infer
     from cosmos_engine.infer.sample_files import load_sample_file
@@ -262,12 +282,15 @@ def _infer(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.source, args.overrides)
         samples = {recipe.infer.name: recipe.infer}
     changes = {}
-    if args.checkpoint_path is not None:
-        if not Path(args.checkpoint_path).expanduser().exists():
-            raise RecipeError(f"--checkpoint-path {args.checkpoint_path}: no such file or folder")
-        changes["checkpoint_path"] = str(Path(args.checkpoint_path).expanduser().resolve())
+    if args.checkpoint_path is not None and args.checkpoint_path.startswith(RUN_PREFIX):
+        changes["checkpoint_path"] = args.checkpoint_path  # the pipeline resolves it, as in a recipe
+    elif args.checkpoint_path is not None:
+        checkpoint = Path(args.checkpoint_path).expanduser().absolute()
+        if not checkpoint.exists():
+            raise RecipeError(f"--checkpoint-path {args.checkpoint_path}: no such file or folder ({checkpoint})")
+        changes["checkpoint_path"] = str(checkpoint.resolve())
     if args.output_dir is not None:
-        changes["output_dir"] = args.output_dir
+        changes["output_dir"] = os.path.expanduser(args.output_dir)
     samples = {name: dataclasses.replace(cfg, **changes) for name, cfg in samples.items()}
     for result in run_infer(recipe.model, samples, progress=args.progress, trust_checkpoint=args.trust_checkpoint,
                             context_parallel=args.context_parallel):
@@ -293,6 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except UserError as exc:
         print(f"cosmos-engine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"cosmos-engine {args.command}: error: no space left on device while writing {exc.filename or 'a file'}",
+              file=sys.stderr)
         return 2
 
 

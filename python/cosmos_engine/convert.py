@@ -11,12 +11,16 @@ What the official `scripts/convert_distcp_to_pt.py` writes (reference/vae_data_i
 Where the files go: by default beside the checkpoint, i.e. in the `iter_XXXXXXXXX/` folder next to its
 `model/` subfolder, which is where the official documentation puts them (`convert_distcp_to_pt.py
 $CHECKPOINT_DIR/model $CHECKPOINT_DIR`). A checkpoint may be named by its `iter_XXXXXXXXX/` folder, its
-`model/` folder, or a run folder / `checkpoints/` folder, whose `latest_checkpoint.txt` picks the latest one.
+`model/` folder, or a run folder / `checkpoints/` folder, whose `latest_checkpoint.txt` picks the latest one,
+or by a recipe (`RECIPE.toml`): the newest complete checkpoint of the run it trains under the active output
+root. An [infer] `checkpoint_path = "run:RECIPE.toml"` names that checkpoint's converted `model_ema_fp32.pt`.
 
 Differences from the official script, all deliberate: the DCP folder is read in this one process with no
 process group; each file is written under a temporary name in its folder and renamed, so an existing file
 is replaced only by a complete one (the official deletes the old files first); a folder that is not a DiT
-model checkpoint is refused before anything is written. And, as every checkpoint read in cosmos-engine,
+model checkpoint is refused before anything is written; each file gets a `<file>.sha256` sidecar
+(`cosmos_engine.checksum`) that every reader of the file verifies. Convert itself reads only DCP folders,
+which have none. And, as every checkpoint read in cosmos-engine,
 nothing is unpickled beyond plain checkpoint data unless the caller trusts the checkpoint: the DCP
 `.metadata` file is a pickle, read here with an unpickler that only builds DCP's own metadata classes, and
 non-tensor entries are loaded with `weights_only=True` (`trust_checkpoint=True` restores torch's loaders).
@@ -24,23 +28,22 @@ non-tensor entries are loaded with `weights_only=True` (`trust_checkpoint=True` 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import pickle
-import warnings
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from cosmos_engine.atomic import atomic_path
+from cosmos_engine.checksum import file_sha256, sidecar_path, write_sidecar
+from cosmos_engine.config import load_recipe
+from cosmos_engine.config.paths import run_dir_for
+from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
-from cosmos_engine.models.state_dict import METADATA_FILE, dcp_reader
+from cosmos_engine.train.checkpoint import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +53,20 @@ EMA_BF16_FILE = "model_ema_bf16.pt"
 NET_PREFIX = "net."
 EMA_PREFIX = "net_ema."
 LATEST_FILE = "latest_checkpoint.txt"
+RUN_PREFIX = "run:"  # checkpoint_path = "run:RECIPE.toml"
+_ITERATION_NAME = re.compile(r"iter_[0-9]{9}")  # the trainer's checkpoint folders, iter_%09d
 
 
-def find_model_dir(checkpoint: str | os.PathLike) -> Path:
+def find_model_dir(checkpoint: str | os.PathLike, trust_checkpoint: bool = False) -> Path:
     """The DCP `model/` folder that `checkpoint` names.
 
     `checkpoint` may be that folder itself, an `iter_XXXXXXXXX/` folder holding it, a `checkpoints/` folder
     or a run folder (holding `checkpoints/`); the last two resolve through `latest_checkpoint.txt`, which
-    the trainer writes only after a checkpoint is complete.
+    the trainer writes only after a checkpoint is complete. A `.toml` recipe names `run_checkpoint(recipe)`.
     """
     path = Path(checkpoint)
+    if path.suffix == ".toml":
+        path = run_checkpoint(path, trust_checkpoint)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     if not path.is_dir():
@@ -81,10 +88,16 @@ def find_model_dir(checkpoint: str | os.PathLike) -> Path:
 
 
 def _latest_iteration(latest_file: Path) -> Path:
-    name = latest_file.read_text().strip()
-    if not name or Path(name).name != name:
-        raise CheckpointError(f"{latest_file}: expected the name of a checkpoint folder such as iter_000000200, "
-                              f"got {name!r}")
+    expected = "expected one line naming a checkpoint folder such as iter_000000200"
+    try:
+        name = latest_file.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{latest_file}: not UTF-8 text (byte {exc.start}); {expected}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{latest_file}: cannot read it ({exc.strerror}); {expected}") from None
+    if not _ITERATION_NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+        raise CheckpointError(f"{latest_file}: {expected}, got {shown if name else 'an empty file'}")
     folder = latest_file.parent / name
     if not folder.is_dir():
         raise CheckpointError(f"{latest_file}: names {name!r}, but {folder} does not exist")
@@ -98,12 +111,7 @@ def load_model_checkpoint(model_dir: str | os.PathLike, *, trust_checkpoint: boo
     is neither `net.*` nor `net_ema.*` (e.g. an optimizer folder was given), before reading any data.
     """
     model_dir = Path(model_dir)
-    reader = dcp_reader(model_dir, trust_checkpoint)
-    try:
-        metadata = reader.read_metadata()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{model_dir / METADATA_FILE}: unreadable DCP metadata ({exc})") from exc
-    entries = metadata.state_dict_metadata
+    entries = read_metadata(model_dir, trust_checkpoint).state_dict_metadata
     wrong = [key for key in entries if not key.startswith((NET_PREFIX, EMA_PREFIX))]
     if not entries or wrong:
         shown = ", ".join(repr(key) for key in wrong[:3]) + (", ..." if len(wrong) > 3 else "")
@@ -112,23 +120,11 @@ def load_model_checkpoint(model_dir: str | os.PathLike, *, trust_checkpoint: boo
                               f"'{NET_PREFIX}' or '{EMA_PREFIX}', {found}")
 
     # Tensors are allocated from the metadata and filled in place; other entries (pickled objects, e.g.
-    # TransformerEngine `_extra_state`) are placeholders that the planner replaces.
+    # TransformerEngine `_extra_state`) are placeholders that the loader replaces. No flattening: the keys
+    # are flat already, and flattening would make the loader fill a new dict instead of this one.
     state = {key: torch.empty(entry.size, dtype=entry.properties.dtype) if isinstance(entry, TensorStorageMetadata)
              else None for key, entry in entries.items()}
-    planner = _Planner(trust_checkpoint)
-    with warnings.catch_warnings():
-        # One process with no process group is exactly what we mean; torch warns about it.
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        try:
-            dcp.load(state, storage_reader=reader, planner=planner, no_dist=True)
-        except CheckpointException as exc:  # a BaseException wrapping what failed: a missing or truncated data file
-            causes = "; ".join(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
-                               for cause, _ in exc.failures.values())
-            raise CheckpointError(f"{model_dir}: unreadable checkpoint data ({causes})") from None
-    if planner.refused:
-        refused = ", ".join(map(repr, planner.refused))
-        raise CheckpointError(f"{model_dir}: entries {refused} hold pickled objects that weights_only loading "
-                              "refuses; pass --trust-checkpoint if you trust this checkpoint's source")
+    load_dcp(state, model_dir, trust_checkpoint=trust_checkpoint, flatten=False)
     return state
 
 
@@ -157,7 +153,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
 
     Returns the paths written, in the order written.
     """
-    model_dir = find_model_dir(checkpoint)
+    model_dir = find_model_dir(checkpoint, trust_checkpoint)
     out = Path(out_dir) if out_dir is not None else model_dir.parent
     log.info("reading %s", model_dir)
     state = load_model_checkpoint(model_dir, trust_checkpoint=trust_checkpoint)
@@ -177,33 +173,38 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
             if stale.exists():
                 log.info("removing %s, left by an earlier conversion", stale)
                 stale.unlink()
+            sidecar_path(stale).unlink(missing_ok=True)
     return written
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> Path:
-    """torch.save to a temporary file in `path`'s folder, flushed to disk, then renamed over `path`."""
+    """torch.save to a temporary file in `path`'s folder, flushed to disk, then renamed over `path`; then its
+    sha256 sidecar. The old sidecar goes before the rename, so no reader pairs the new file with it."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    log.info("wrote %s (%d entries)", path, len(state))
+        digest = file_sha256(tmp)
+        sidecar_path(path).unlink(missing_ok=True)
+    write_sidecar(path, digest)
+    log.info("wrote %s (%d entries, sha256 %s)", path, len(state), digest)
     return path
 
 
-class _Planner(DefaultLoadPlanner):
-    """Loads into the flat state dict as given; non-tensor entries with `weights_only` unless trusted.
+def run_checkpoint(recipe: str | os.PathLike, trust_checkpoint: bool = False) -> Path:
+    """The newest complete `iter_XXXXXXXXX` folder of the run that `recipe` trains, under the active output
+    root; CheckpointError naming the checkpoints folder when it holds none."""
+    recipe = Path(recipe).expanduser().absolute()
+    checkpoints = run_dir_for(load_recipe(recipe).job) / "checkpoints"
+    latest = latest_checkpoint(checkpoints, trust_checkpoint)
+    if latest is None:
+        raise CheckpointError(f"{checkpoints}: no complete checkpoint of the run {recipe} trains; train it first "
+                              f"(cosmos-engine run {recipe})")
+    return latest
 
-    Entries that `weights_only` refuses are collected in `refused` rather than raised: DCP would wrap the
-    exception in its own, and the caller reports them all at once."""
 
-    def __init__(self, trust_checkpoint: bool) -> None:
-        # No flattening of either kind: the keys are flat already, and flattening would make `self.state_dict`
-        # a new dict, so the objects `load_bytes` stores would not reach the caller's.
-        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
-        self._trust = trust_checkpoint
-        self.refused: list[str] = []
-
-    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        key = read_item.dest_index.fqn
-        try:
-            self.state_dict[key] = torch.load(value, weights_only=not self._trust)
-        except pickle.UnpicklingError:
-            self.refused.append(key)
+def run_ema_file(recipe: str | os.PathLike, trust_checkpoint: bool = False) -> Path:
+    """What `run:RECIPE.toml` names: the converted `model_ema_fp32.pt` of `run_checkpoint(recipe)`."""
+    path = run_checkpoint(recipe, trust_checkpoint) / EMA_FP32_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the run's latest checkpoint is not converted yet; run "
+                              f"`cosmos-engine convert {recipe}` first")
+    return path

@@ -175,3 +175,82 @@ def test_value_rule_errors_name_the_override(tmp_path):
     path = write(tmp_path, "[train]\nmax_steps = 3\n")
     with pytest.raises(RecipeError, match=r"^--set data.num_frames=16: data.num_frames = 16 is invalid"):
         load_recipe(path, ["data.num_frames=16"])
+
+
+# --- paths: expansion, plain job names, the output root and the run folder --------------------------------------
+
+PATH_KEYS = [f"{table}.{f.name}" for table, cls in schema.tables().items() for f in dataclasses.fields(cls)
+             if f.metadata.get("path")]
+
+
+def test_every_path_key_is_marked():
+    assert sorted(PATH_KEYS) == sorted([
+        "data.dataset_dir", "job.output_root", "model.checkpoint", "model.vae_path", "model.text_encoder_path",
+        "infer.input_path", "infer.output_dir", "infer.checkpoint_path"])
+
+
+@pytest.mark.parametrize("key", PATH_KEYS)
+def test_home_and_variables_are_expanded_in_every_path(key, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("COSMOS_TEST_DIR", "sub")
+    table, name = key.split(".")
+    extra = {"infer.input_path": "\nnum_conditional_frames = 1"}.get(key, "")
+    path = write(tmp_path, f'[{table}]\n{name} = "~/$COSMOS_TEST_DIR/${{COSMOS_TEST_DIR}}.png"{extra}\n')
+    assert getattr(getattr(load_recipe(path), table), name) == f"{tmp_path}/sub/sub.png"
+
+
+def test_an_unset_variable_in_a_path_names_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("COSMOS_TEST_UNSET", raising=False)
+    with pytest.raises(RecipeError, match=r"data.dataset_dir = '\$COSMOS_TEST_UNSET/d' is invalid: the environment "
+                                          r"variable \$COSMOS_TEST_UNSET is not set"):
+        load_recipe(None, ["data.dataset_dir=$COSMOS_TEST_UNSET/d"])
+
+
+def test_relative_paths_stay_relative_to_the_working_directory():
+    assert load_recipe(None, ["data.dataset_dir=datasets/x"]).data.dataset_dir == "datasets/x"
+
+
+@pytest.mark.parametrize("key, value", [("name", "../../x"), ("name", ""), ("project", "."), ("group", ".."),
+                                        ("name", "a/b"), ("group", "/abs")])
+def test_job_names_must_be_plain_folder_names(key, value, tmp_path):
+    path = write(tmp_path, f'[job]\n{key} = "{value}"\n')
+    with pytest.raises(RecipeError, match=rf"{path}: job.{key} = {value!r} is invalid: expected a plain folder name"):
+        load_recipe(path)
+
+
+def test_the_infer_rules_apply_to_every_recipe(tmp_path):
+    path = write(tmp_path, "[infer]\nnum_conditional_frames = 1\n")
+    with pytest.raises(RecipeError, match=rf"{path}: infer.input_path is empty"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=r"^--set infer.height=40: infer.height = 40 is invalid"):
+        load_recipe(None, ["infer.height=40"])
+
+
+def test_output_root_precedence_and_run_folder(tmp_path, monkeypatch):
+    from cosmos_engine.config.paths import DEFAULT_OUTPUT_ROOT, output_root, run_dir_for
+
+    monkeypatch.delenv("IMAGINAIRE_OUTPUT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    job = schema.JobConfig(project="p", group="g", name="n")
+    assert output_root() == output_root(job) == Path(DEFAULT_OUTPUT_ROOT)
+    monkeypatch.setenv("IMAGINAIRE_OUTPUT_ROOT", "rel")  # relative: against the working directory, made absolute
+    assert run_dir_for(job) == tmp_path / "rel" / "p" / "g" / "n"
+    assert run_dir_for(dataclasses.replace(job, output_root=str(tmp_path / "mine"))) == tmp_path / "mine" / "p" / "g" / "n"
+
+
+def test_an_empty_output_root_variable_is_an_error(monkeypatch):
+    from cosmos_engine.config.paths import output_root
+
+    monkeypatch.setenv("IMAGINAIRE_OUTPUT_ROOT", "")
+    with pytest.raises(RecipeError, match=r"\$IMAGINAIRE_OUTPUT_ROOT is set but empty"):
+        output_root()
+
+
+def test_a_run_folder_behind_a_file_is_refused(tmp_path):
+    from cosmos_engine.config.paths import run_dir_for
+
+    (tmp_path / "file").write_text("x")
+    job = schema.JobConfig(output_root=str(tmp_path / "file" / "runs"))
+    with pytest.raises(RecipeError, match=rf"job.output_root = .*: cannot create the run folder .*{tmp_path}/file is a "
+                                          "file, not a folder"):
+        run_dir_for(job)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from cosmos_engine.data.cache import CachedWindowDataset, LatentCache, LatentKey, window_starts
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records
@@ -131,6 +135,34 @@ def test_unreadable_or_foreign_entries_are_recomputed_with_a_warning(dataset_dir
     assert build(dataset_dir)[1].calls == 0
 
 
+def test_folder_and_non_finite_entries_are_recomputed_with_a_warning(dataset_dir, caplog):
+    build(dataset_dir)
+    files = sorted((dataset_dir / "cache").rglob("*.safetensors"))
+    nan_latent, inf_text, folder = files[0], files[-1], files[1]
+    for path, bad in ((nan_latent, float("nan")), (inf_text, float("inf"))):
+        tensors = load_file(str(path))
+        tensors["tensor"].view(-1)[:3] = bad
+        with safe_open(str(path), framework="pt") as f:
+            save_file(tensors, str(path), metadata=f.metadata())
+    folder.unlink()
+    (folder / "inside").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        stats, vae, text = build(dataset_dir)
+    assert (vae.calls, text.calls, stats.corrupt) == (2, 1, 3)
+    assert f"{nan_latent} is poisoned: 3 of its" in caplog.text and f"{inf_text} is poisoned: 3 of its" in caplog.text
+    assert f"{folder} is a folder, not a file" in caplog.text
+    assert folder.is_file() and build(dataset_dir)[0].hits == 11
+
+
+def test_reading_a_non_finite_entry_names_it(dataset_dir):
+    key = LatentKey("0" * 64, 0, N, H, W, "stand-in-vae/v1")
+    cache = LatentCache(dataset_dir)
+    cache.store(key, torch.zeros(3, 3, 4, 6))
+    save_file({"tensor": torch.full((3, 3, 4, 6), float("nan"))}, str(cache.path(key)), metadata=key.metadata())
+    with pytest.raises(DatasetError, match=f"{key.relpath()}: cache entry poisoned: 216 of its 216 values are NaN"):
+        cache.load(key)
+
+
 def test_reading_a_missing_entry_names_it(dataset_dir):
     key = LatentKey("0" * 64, 0, N, H, W, "stand-in-vae/v1")
     with pytest.raises(DatasetError, match=f"{key.relpath()}: cache entry missing"):
@@ -148,3 +180,16 @@ def test_captions_alone_for_the_online_path_and_their_embeddings(dataset_dir):
     for prompt, embedding in embeddings.items():
         assert torch.equal(embedding, CountingTextEncoder().encode([prompt])[0])
     assert cache.build_text(windows_of(dataset_dir), text).texts_encoded == 0
+
+
+def test_a_build_removes_temporaries_of_killed_writers(dataset_dir):
+    build(dataset_dir)
+    folder = next(p.parent for p in (dataset_dir / "cache").rglob("*.safetensors"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = folder / f".start000000.safetensors.{dead.pid}.0123456789ab.tmp"
+    stale.write_bytes(b"half an entry")
+    live = folder / f".start000008.safetensors.{os.getpid()}.0123456789ab.tmp"  # a builder still writing
+    live.write_bytes(b"being written")
+    build(dataset_dir)
+    assert not stale.exists() and live.exists()

@@ -253,5 +253,6 @@ def test_prepare_cache_errors_name_what_is_wrong(tmp_path, capsys):
 
 
 def test_encode_is_deterministic():
-    frames = render_clip(0, 0, 5, 32, 48)
-    assert encode_video(frames, 16) == encode_video(frames, 16)
+    """With x264's macroblock tree on, about 4 in 10 encodes of these frames came out different."""
+    frames = render_clip(0, 0, 33, 64, 112)
+    assert len({encode_video(frames, 16) for _ in range(20)}) == 1

@@ -237,3 +237,19 @@ def test_two_ranks_match_one_process(ckpt, tmp_path, mode):
         frames = []
         refused = infer(tmp_path / "odd", torchrun, "--context-parallel")
         assert refused.returncode != 0 and "5 latent frames" in refused.stderr
+
+
+def test_non_finite_dit_weights_fail_before_sampling(ckpt, tmp_path, capsys):
+    state = torch.load(ckpt, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 2)
+    state[key].view(-1)[0] = float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save(state, bad)
+    out = tmp_path / "out"
+    code = cli.main(["infer", str(TINY), "--checkpoint-path", str(bad), "--output-dir", str(out), "--no-progress"])
+    # The text encoder and VAE are built first, and their progress and log lines come before the error line.
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("cosmos-engine infer: error: ")]
+    assert code == 2 and len(errors) == 1 and err.endswith(errors[0] + "\n"), err
+    assert f"error: {bad}: DiT tensor '{key.removeprefix('net.')}' holds 1 non-finite values (NaN/Inf)" in errors[0]
+    assert not list(out.glob("*.mp4"))

@@ -175,6 +175,27 @@ def test_dcp_metadata_is_not_unpickled_freely(tmp_path, states, capsys):
     dcp.save(state, storage_writer=FileSystemWriter(folder), no_dist=True)
     (folder / ".metadata").write_bytes(pickle.dumps(PickleThatRunsCode()))
     for load in (lambda: build_dit(TINY, folder), lambda: read_state_dict(folder)):
-        with pytest.raises(CheckpointError, match="refusing to load builtins.print.*--trust-checkpoint"):
+        with pytest.raises(CheckpointError, match="refusing to unpickle builtins.print.*--trust-checkpoint"):
             load()
     assert "this must not run" not in capsys.readouterr().out
+
+
+def test_check_finite_names_the_first_bad_tensor():
+    from cosmos_engine.models.state_dict import check_finite
+
+    model = build_dit(TINY)
+    check_finite(model, "ok.pt")
+    names = [name for name, _ in model.named_parameters()]
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        params[names[3]].view(-1)[:2] = float("nan")
+        params[names[5]].view(-1)[0] = float("inf")
+    with pytest.raises(CheckpointError) as info:
+        check_finite(model, "bad.pt")
+    assert str(info.value).startswith(f"bad.pt: DiT tensor '{names[3]}' holds 2 non-finite values (NaN/Inf) of "
+                                      f"{params[names[3]].numel()}")
+
+    clean = build_dit(TINY)
+    clean.pos_embedder.seq[-1] = float("-inf")  # floating buffers count too; int64 counters are never non-finite
+    with pytest.raises(CheckpointError, match="'pos_embedder.seq' holds 1 non-finite"):
+        check_finite(clean, "bad.pt")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models.text_encoder import (NUM_TOKENS, SYSTEM_PROMPT, TextEncoder, drop_text, full_concat,
-                                               mean_normalize, write_tiny_encoder)
+                                               mean_normalize, tiny_encoder, write_tiny_encoder)
 from cosmos_engine.models.text_encoder import TINY_HIDDEN as HIDDEN, TINY_LAYERS as NUM_LAYERS
 from tests.conftest import load_reference_case
 
@@ -228,3 +228,18 @@ def test_a_corrupt_cache_file_is_recomputed_with_a_warning(encoder_folder, tmp_p
 def test_encode_wants_a_list_of_prompts(encoder):
     with pytest.raises(ValueError, match="sequence of strings"):
         encoder.encode(CAPTION)
+
+
+def test_a_damaged_cached_tiny_encoder_is_written_again(tmp_path, caplog):
+    folder = tiny_encoder(tmp_path / "tiny_reason1")
+    identity = TextEncoder(folder, dtype=torch.float32).identity
+    weights = folder / "model.safetensors"
+    for damage in (lambda: weights.write_bytes(weights.read_bytes()[:1000]),
+                   lambda: (folder / "tokenizer.json").write_text("garbage"),
+                   lambda: (folder / ".files.json").unlink()):  # e.g. a write killed before its record
+        damage()
+        with caplog.at_level(logging.WARNING):
+            assert tiny_encoder(folder) == folder
+        assert f"cached tiny text encoder {folder} is" in caplog.text
+        caplog.clear()
+        assert TextEncoder(folder, dtype=torch.float32).identity == identity  # the same deterministic files

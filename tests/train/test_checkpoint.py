@@ -36,7 +36,7 @@ def test_layout_round_trip_and_pruning(tmp_path):
     assert names == ["iter_000000400", "iter_000000600", LATEST]
     assert manager.latest().name == "iter_000000600"
     loaded = empty_like_state(make_state(600))
-    CheckpointManager.load(manager.latest(), loaded)
+    manager.load(manager.latest(), loaded)
     want = make_state(600)
     for part in ("model", "optim"):
         for k in want[part]:
@@ -57,7 +57,7 @@ def test_interrupted_saves_are_never_loaded(tmp_path):
     (broken / "optim" / ".metadata").unlink()
     assert manager.latest() == good
     with pytest.raises(CheckpointError, match="iter_000000040: not a complete checkpoint"):
-        CheckpointManager.load(broken, empty_like_state(make_state(40)))
+        manager.load(broken, empty_like_state(make_state(40)))
     # The next save clears the leftovers of the interrupted one.
     manager.save(50, make_state(50))
     assert not (tmp_path / "ck" / "iter_000000030.tmp").exists()
@@ -68,6 +68,6 @@ def test_saving_the_same_iteration_again_replaces_it(tmp_path):
     manager.save(5, make_state(1))
     manager.save(5, make_state(2))
     loaded = empty_like_state(make_state(2))
-    CheckpointManager.load(manager.latest(), loaded)
+    manager.load(manager.latest(), loaded)
     assert torch.equal(loaded["model"]["net.w"], make_state(2)["model"]["net.w"])
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["iter_000000005", LATEST]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,33 +17,11 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from cosmos_engine.cli import main as cli_main
 from cosmos_engine.train.checkpoint import FAULT_ENV, complete_checkpoints
-
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "recipes" / "tiny_posttrain.toml"
-CLI = [sys.executable, "-m", "cosmos_engine.cli"]
-
+from tests.train.runs import CLI, RECIPE, env_for, final_weights, make_dataset, run_args
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_synthetic")
-    assert cli_main(["prepare", "--synthetic", "2", "--out", str(folder)]) == 0
-    return folder
-
-
-def run_args(dataset: Path, name: str, steps: int, save_every: int, *extra: str) -> list[str]:
-    return ["run", str(RECIPE), "--set", f"data.dataset_dir={dataset}", "--set", f"job.name={name}",
-            "--set", f"train.max_steps={steps}", "--set", f"checkpoint.save_every={save_every}", *extra]
-
-
-def env_for(root: Path, **extra: str) -> dict:
-    return {**os.environ, "IMAGINAIRE_OUTPUT_ROOT": str(root), "OMP_NUM_THREADS": "1", **extra}
-
-
-def final_weights(root: Path, name: str, iteration: int) -> dict[str, torch.Tensor]:
-    folder = root / "cosmos_predict_v2p5" / "tiny" / name / "checkpoints" / f"iter_{iteration:09d}" / "model"
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(folder, Path(tmp) / "sd.pt")
-        return torch.load(Path(tmp) / "sd.pt", weights_only=True)
+    return make_dataset(tmp_path_factory.mktemp("tiny_synthetic"))
 
 
 def test_unknown_recipe_key_exits_2_with_one_line(tmp_path):
@@ -112,7 +89,9 @@ def test_kill_minus_9_anywhere_then_resume_gives_the_uninterrupted_weights(datas
         assert proc.wait(timeout=60) == -signal.SIGKILL
     # 3. Resume to the end.
     proc = _launch(dataset, tmp_path, "crashy", steps, save_every)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "taking over the lock left by pid" in stderr  # the killed run's lock file names it
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, steps + 1))
     got = final_weights(tmp_path, "crashy", steps)
     assert got.keys() == want.keys()
@@ -120,17 +99,18 @@ def test_kill_minus_9_anywhere_then_resume_gives_the_uninterrupted_weights(datas
     assert not different, f"{len(different)} tensors differ after kill + resume, e.g. {different[:3]}"
 
 
-def poison_cached_latents(dataset: Path) -> int:
-    """Overwrite every cached latent with NaN, keeping its cache key (metadata) valid."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+def poison_network_weights(model_dir: Path) -> None:
+    """Rewrite a checkpoint's model part with NaN training weights (a run that has gone bad)."""
+    import torch.distributed.checkpoint as dcp
 
-    files = sorted((dataset / "cache" / "latents").rglob("*.safetensors"))
-    for path in files:
-        with safe_open(str(path), "pt") as f:
-            metadata, tensor = f.metadata(), f.get_tensor("tensor")
-        save_file({"tensor": torch.full_like(tensor, float("nan"))}, str(path), metadata=metadata)
-    return len(files)
+    from cosmos_engine.dcp_io import load_dcp, read_metadata
+
+    entries = read_metadata(model_dir).state_dict_metadata
+    state = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in entries.items()}
+    load_dcp(state, model_dir)
+    state = {k: v.fill_(float("nan")) if k.startswith("net.") and v.is_floating_point() else v for k, v in state.items()}
+    shutil.rmtree(model_dir)
+    dcp.save(state, checkpoint_id=model_dir, no_dist=True)
 
 
 @pytest.mark.slow
@@ -140,13 +120,13 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     first = subprocess.run([*CLI, *run_args(dataset, "diverge", 2, 2)], capture_output=True, text=True, timeout=300,
                            env=env_for(tmp_path))
     assert first.returncode == 0, first.stderr
-    assert poison_cached_latents(dataset) > 0
+    checkpoints = tmp_path / "cosmos_predict_v2p5" / "tiny" / "diverge" / "checkpoints"
+    poison_network_weights(checkpoints / "iter_000000002" / "model")
     result = subprocess.run([*CLI, *run_args(dataset, "diverge", 6, 2)], capture_output=True, text=True, timeout=300,
                             env=env_for(tmp_path))
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "the loss is nan at step 3" in line and "Traceback" not in result.stderr
-    checkpoints = tmp_path / "cosmos_predict_v2p5" / "tiny" / "diverge" / "checkpoints"
     assert [p.name for _, p in complete_checkpoints(checkpoints)] == ["iter_000000002"]
     assert str(checkpoints / "iter_000000002") in line
 

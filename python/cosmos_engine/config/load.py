@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -64,7 +65,7 @@ def _check_value(where: str, key: str, value: Any, expected: Any, meta: dict) ->
     if expected is str:
         if not isinstance(value, str):
             fail("expected a string")
-        return value
+        return _expand_path(where, key, value) if meta.get("path") else value
     if expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
             fail("expected an integer")
@@ -82,6 +83,19 @@ def _check_value(where: str, key: str, value: Any, expected: Any, meta: dict) ->
     if hi is not None and value > hi:
         fail(f"expected a value <= {hi}")
     return value
+
+
+_VARIABLE = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
+
+
+def _expand_path(where: str, key: str, value: str) -> str:
+    """`~` and $VARIABLE / ${VARIABLE} expanded. An unset variable is an error: left as text it would
+    silently become a folder named '$VARIABLE'."""
+    for match in _VARIABLE.finditer(value):
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise RecipeError(f"{where}: {key} = {value!r} is invalid: the environment variable ${name} is not set")
+    return os.path.expanduser(os.path.expandvars(value))
 
 
 def _build_table(where: str, table: str, cls: type, values: dict[str, Any]) -> Any:
@@ -107,6 +121,43 @@ def _validate(recipe: schema.Recipe, where: typing.Callable[[str], str]) -> None
         if getattr(data, key) % 16:
             raise RecipeError(f"{where('data.' + key)}: data.{key} = {getattr(data, key)} is invalid: "
                               "expected a multiple of 16 (8x VAE downsampling, then 2x2 patches)")
+    for key in ("project", "group", "name"):  # each is one level of the run folder, which must stay under the root
+        value = getattr(recipe.job, key)
+        if value in ("", ".", "..") or "/" in value:
+            raise RecipeError(f"{where('job.' + key)}: job.{key} = {value!r} is invalid: expected a plain folder name "
+                              "(not empty, not '.' or '..', no '/')")
+    validate_infer(recipe.infer, where)
+
+
+def validate_infer(cfg: schema.InferConfig, where: typing.Callable[[str], str]) -> None:
+    """The rules of an [infer] table that involve more than one value's type (files are not looked at:
+    a recipe may name inputs made later); RecipeError naming the key."""
+    if cfg.num_frames % 4 != 1:
+        raise RecipeError(f"{where('infer.num_frames')}: infer.num_frames = {cfg.num_frames} is invalid: the causal "
+                          "VAE needs 1 + 4k frames (e.g. 93)")
+    for key in ("height", "width"):
+        if getattr(cfg, key) % 16:
+            raise RecipeError(f"{where('infer.' + key)}: infer.{key} = {getattr(cfg, key)} is invalid: "
+                              "expected a multiple of 16")
+    latent_frames = 1 + (cfg.num_frames - 1) // 4
+    conditional = where("infer.num_conditional_frames")
+    if cfg.num_conditional_frames > latent_frames:
+        raise RecipeError(f"{conditional}: infer.num_conditional_frames = {cfg.num_conditional_frames} is invalid: the "
+                          f"video has only {latent_frames} latent frames")
+    if cfg.num_conditional_frames == 0 and cfg.input_path:
+        raise RecipeError(f"{conditional}: infer.input_path = {cfg.input_path!r} is given but "
+                          "infer.num_conditional_frames = 0 (text2world); set 1 (image2world) or 2 (video2world) to "
+                          "condition on it")
+    if cfg.num_conditional_frames > 0:
+        if not cfg.input_path:
+            raise RecipeError(f"{conditional}: infer.input_path is empty but infer.num_conditional_frames = "
+                              f"{cfg.num_conditional_frames}: give the conditioning image or video")
+        if not cfg.input_path.lower().endswith(schema.IMAGE_SUFFIXES + schema.VIDEO_SUFFIXES):
+            raise RecipeError(f"{where('infer.input_path')}: infer.input_path = {cfg.input_path!r} is invalid: expected "
+                              f"an image ({' '.join(schema.IMAGE_SUFFIXES)}) or a video "
+                              f"({' '.join(schema.VIDEO_SUFFIXES)})")
+    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
+        raise RecipeError(f"{where('infer.name')}: infer.name = {cfg.name!r} is invalid: expected a plain file stem")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

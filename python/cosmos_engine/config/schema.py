@@ -2,7 +2,8 @@
 
 Each field's docstring (the string literal under it) says what it means; `cosmos-engine check --help-keys`
 and the loader's error messages use them. Range rules are in `Field(...)` metadata so the loader can
-enforce them with messages that name the key. Each job receives only the tables it needs.
+enforce them with messages that name the key. Path fields (`path=True`) may use `~` and `$VARIABLES`;
+relative ones resolve against the working directory. Each job receives only the tables it needs.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from typing import Any, Literal
 
 from cosmos_engine.models.text_encoder import DEFAULT_NEGATIVE_PROMPT
 
+# What infer.input_path accepts (a JSON sample file's input_path too).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_SUFFIXES = (".mp4",)
 
-def spec(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
-    """A dataclass field with a default, an optional inclusive numeric range and its documentation."""
-    return field(default=default, metadata={"min": min, "max": max, "doc": doc})
+
+def spec(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "", path: bool = False) -> Any:
+    """A dataclass field with a default, an optional inclusive numeric range and its documentation. `path=True`
+    marks a file or folder: the loader expands `~` and environment variables in it."""
+    return field(default=default, metadata={"min": min, "max": max, "doc": doc, "path": path})
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,7 @@ class JobConfig:
     project: str = spec("cosmos_predict_v2p5", doc="First level of the run folder.")
     group: str = spec("video2world", doc="Second level of the run folder.")
     name: str = spec("2b_cosmos_nemo_assets", doc="Run name: third level of the run folder.")
-    output_root: str = spec("", doc="Root of all run folders; empty means $IMAGINAIRE_OUTPUT_ROOT or /tmp/imaginaire4-output.")
+    output_root: str = spec("", doc="Root of all run folders; empty means $IMAGINAIRE_OUTPUT_ROOT or /tmp/imaginaire4-output.", path=True)
     seed: int = spec(0, min=0, max=2**63 - 1, doc="Seed of every random stream (offset by the rank).")
 
 
@@ -36,20 +42,20 @@ class ModelConfig:
     """[model]: the networks and where their weights come from."""
 
     flavor: Literal["2b", "tiny"] = spec("2b", doc='DiT size: "2b" (the official 2,059,174,912 parameters) or "tiny" (CPU tests).')
-    checkpoint: str = spec("", doc="Initial DiT weights (their net.* entries): an official .pt, a converted file or a DCP folder; empty = random init.")
+    checkpoint: str = spec("", doc="Initial DiT weights (their net.* entries): an official .pt, a converted file or a DCP folder; empty = random init.", path=True)
     dtype: Literal["bfloat16", "float32"] = spec("bfloat16", doc='Parameter dtype of the DiT: "bfloat16" (official) or "float32" (CPU).')
     activation_checkpointing: Literal["none", "full", "selective"] = spec(
         "selective", doc='"none", "full" (recompute each block) or "selective" (keep attention outputs, recompute the rest).')
-    vae_path: str = spec("", doc="Wan2.1 VAE weights (.pth); empty = random init (tiny recipes only).")
+    vae_path: str = spec("", doc="Wan2.1 VAE weights (.pth); empty = random init (tiny recipes only).", path=True)
     vae_tiled: bool = spec(False, doc="Encode/decode the VAE in overlapping spatial tiles to bound memory.")
-    text_encoder_path: str = spec("", doc="Local folder of the Reason1 (Qwen2.5-VL) text encoder; empty = tiny random encoder.")
+    text_encoder_path: str = spec("", doc="Local folder of the Reason1 (Qwen2.5-VL) text encoder; empty = tiny random encoder.", path=True)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """[data]: the training videos and how they are read."""
 
-    dataset_dir: str = spec("datasets/cosmos_nemo_assets", doc="Folder with videos/*.mp4 and metas/*.txt (see `cosmos-engine prepare`).")
+    dataset_dir: str = spec("datasets/cosmos_nemo_assets", doc="Folder with videos/*.mp4 and metas/*.txt (see `cosmos-engine prepare`).", path=True)
     num_frames: int = spec(93, min=1, max=100_000, doc="Frames per training window; 1 + 4k for the causal VAE.")
     height: int = spec(704, min=16, max=8192, doc="Training height in pixels (multiple of 16).")
     width: int = spec(1280, min=16, max=8192, doc="Training width in pixels (multiple of 16).")
@@ -93,7 +99,7 @@ class InferConfig:
 
     prompt: str = spec("", doc="What the video shows.")
     negative_prompt: str = spec(DEFAULT_NEGATIVE_PROMPT, doc="Text of the unconditional branch of guidance (default: the official one).")
-    input_path: str = spec("", doc="Conditioning image (.png .jpg .jpeg .webp) or video (.mp4); empty = text2world.")
+    input_path: str = spec("", doc="Conditioning image (.png .jpg .jpeg .webp) or video (.mp4); empty = text2world.", path=True)
     num_conditional_frames: int = spec(0, min=0, max=2, doc="Latent condition frames: 0 text2world, 1 image2world, 2 video2world.")
     guidance: float = spec(7.0, min=0.0, max=100.0, doc="Classifier-free guidance g: v = v_cond + g (v_cond - v_uncond).")
     num_steps: int = spec(35, min=1, max=1000, doc="UniPC steps (official: 35).")
@@ -106,9 +112,9 @@ class InferConfig:
     height: int = spec(704, min=16, max=8192, doc="Output height in pixels (multiple of 16).")
     width: int = spec(1280, min=16, max=8192, doc="Output width in pixels (multiple of 16).")
     fps: float = spec(16.0, min=1.0, max=1000.0, doc="Frame rate of the written MP4 (official: 16).")
-    checkpoint_path: str = spec("", doc="DiT weights (model_ema_fp32.pt, model_ema_bf16.pt, model.pt, an official .pt or a DCP folder); empty = model.checkpoint.")
+    checkpoint_path: str = spec("", doc="DiT weights (model_ema_fp32.pt, model_ema_bf16.pt, model.pt, an official .pt or a DCP folder); empty = model.checkpoint.", path=True)
     weights: Literal["ema", "net"] = spec("ema", doc='Which weights of a file holding both: "ema" or "net" (the training weights).')
-    output_dir: str = spec("outputs", doc="Folder of the written <name>.mp4 and <name>.png.")
+    output_dir: str = spec("outputs", doc="Folder of the written <name>.mp4 and <name>.png.", path=True)
     name: str = spec("output", doc="File stem of the outputs.")
     tiled_decode: bool = spec(False, doc="Decode the VAE in overlapping spatial tiles to bound memory.")
 

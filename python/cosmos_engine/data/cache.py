@@ -14,9 +14,11 @@ cache/text/<hash of prompt>_<hash of text-encoder identity>.safetensors
   the window, the training size and the encoder's `identity` string (so another VAE or text encoder, other
   weights or another dtype, never reads stale latents). Each file also stores its full key as safetensors
   metadata, checked on every read: an entry is used only if it was written for exactly this key.
-* A missing entry is computed. An unreadable one (truncated, garbage, another key) is recomputed with a
-  warning. safetensors checks that the header covers the file exactly, so truncation is caught; a flipped
-  bit inside the tensor data is not (there is no checksum).
+* A missing entry is computed. An unusable one (truncated, garbage, a folder, another key, a NaN or Inf
+  value) is recomputed with a warning naming the file. safetensors checks that the header covers the file
+  exactly, so truncation is caught; a flipped bit inside the tensor data is not (there is no checksum)
+  unless it makes a value non-finite. Every read checks the values, the build's included: it reads each
+  entry once per run, the price of never training on (or keeping) a poisoned latent.
 * Files are written atomically (temporary name in the same folder, then rename), so a crash mid-build
   leaves either the old entry or the new one. Directories of videos no longer in the dataset are pruned.
 * `cache = "windows"` encodes a fixed set of windows per video (`window_starts`): the fewest windows that
@@ -40,12 +42,12 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cosmos_engine.data.dataset import VideoRecord, VideoWindowDataset
-from cosmos_engine.atomic import atomic_path
+from cosmos_engine.atomic import atomic_path, remove_stale_temporaries
 from cosmos_engine.data.video_io import to_unit_range
 from cosmos_engine.errors import DatasetError
 
@@ -124,7 +126,7 @@ class BuildStats:
     latents_encoded: int = 0
     texts_encoded: int = 0
     hits: int = 0
-    corrupt: int = 0  # entries found unreadable or written for another key, recomputed
+    corrupt: int = 0  # entries found unusable (unreadable, another key, non-finite values), recomputed
     pruned: int = 0  # directories of videos no longer in the dataset
 
 
@@ -137,32 +139,40 @@ class LatentCache:
     def path(self, key: LatentKey | TextKey) -> Path:
         return self.root / key.relpath()
 
-    def problem(self, key: LatentKey | TextKey) -> str | None:
-        """None when the entry for `key` is present and was written for exactly this key, else why not
-        ("missing", or a reason to warn about). Reads only the header, not the tensor data."""
+    def _read(self, key: LatentKey | TextKey) -> tuple[torch.Tensor | None, str | None]:
+        """(the tensor, None) when the entry for `key` is a file written for exactly this key with finite
+        values, else (None, why not): "missing", or a reason to warn about."""
         path = self.path(key)
         if not path.exists():
-            return "missing"
+            return None, "missing"
+        if not path.is_file():
+            return None, "a folder, not a file"
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata, names = f.metadata(), list(f.keys())
+                if metadata != key.metadata():
+                    return None, f"written for another key ({metadata})"
+                if names != ["tensor"]:
+                    return None, f"holds tensors {names}, expected one named 'tensor'"
+                tensor = f.get_tensor("tensor")
         except (SafetensorError, OSError) as exc:
-            return f"unreadable ({exc})"
-        if metadata != key.metadata():
-            return f"written for another key ({metadata})"
-        if names != ["tensor"]:
-            return f"holds tensors {names}, expected one named 'tensor'"
-        return None
+            return None, f"unreadable ({exc})"
+        bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+        if bad:
+            return None, f"poisoned: {bad} of its {tensor.numel()} values are NaN or Inf"
+        return tensor, None
 
     def load(self, key: LatentKey | TextKey) -> torch.Tensor:
-        """The cached tensor; DatasetError when the entry is missing or not for this key."""
-        problem = self.problem(key)
+        """The cached tensor; DatasetError when the entry is missing or unusable."""
+        tensor, problem = self._read(key)
         if problem is not None:
             raise DatasetError(f"{self.path(key)}: cache entry {problem}; build the cache again (it is built "
                                "before training starts)")
-        return load_file(str(self.path(key)))["tensor"]
+        return tensor
 
     def store(self, key: LatentKey | TextKey, tensor: torch.Tensor) -> None:
+        if self.path(key).is_dir():  # a folder in the entry's place would make the rename below fail
+            shutil.rmtree(self.path(key))
         with atomic_path(self.path(key)) as tmp:
             save_file({"tensor": tensor.detach().contiguous().cpu()}, str(tmp), metadata=key.metadata())
 
@@ -185,6 +195,7 @@ class LatentCache:
         todo = todo[rank::world_size]
         if rank == 0:
             stats.pruned = self._prune({record.sha256 for record in dataset.records})
+            self._remove_leftovers()
         self._encode_text(dataset, text_encoder, rank, world_size, stats)
 
         if todo:  # (a DataLoader starts its workers even for nothing)
@@ -205,9 +216,16 @@ class LatentCache:
                    world_size: int = 1) -> BuildStats:
         """Only the captions (cache = "off" still encodes each caption once per run, not once per step)."""
         stats = BuildStats()
+        if rank == 0:
+            self._remove_leftovers()
         self._encode_text(dataset, text_encoder, rank, world_size, stats)
         self._log(stats)
         return stats
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of killed writers (a builder that is still alive keeps its own)."""
+        for folder in [self.root, *(p for p in self.root.rglob("*") if p.is_dir())] if self.root.is_dir() else []:
+            remove_stale_temporaries(folder)
 
     def _encode_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, rank: int, world_size: int,
                      stats: BuildStats) -> None:
@@ -219,7 +237,7 @@ class LatentCache:
                 stats.texts_encoded += 1
 
     def _log(self, stats: BuildStats) -> None:
-        log.info("latent cache %s: %d hits, %d latents and %d captions encoded, %d recomputed as unreadable, "
+        log.info("latent cache %s: %d hits, %d latents and %d captions encoded, %d recomputed as unusable, "
                  "%d stale video folders pruned", self.root, stats.hits, stats.latents_encoded, stats.texts_encoded,
                  stats.corrupt, stats.pruned)
 
@@ -229,7 +247,7 @@ class LatentCache:
         return {p: self.load(TextKey(p, encoder_identity)) for p in sorted(set(prompts))}
 
     def _needed(self, key: LatentKey | TextKey, stats: BuildStats) -> bool:
-        problem = self.problem(key)
+        _, problem = self._read(key)
         if problem is None:
             stats.hits += 1
             return False

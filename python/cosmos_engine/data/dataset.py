@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cosmos_engine.data.decode_dali import DALIDecoder, dali_available
 from cosmos_engine.data.decode_pyav import PyAVDecoder
-from cosmos_engine.data.prepare import VideoEntry, read_manifest
+from cosmos_engine.data.prepare import VideoEntry, read_caption, read_manifest
 from cosmos_engine.data.video_io import probe_video, resize_frames, sha256_file, to_unit_range
 from cosmos_engine.errors import DatasetError
 
@@ -87,9 +88,10 @@ def load_records(dataset_dir: Path) -> list[VideoRecord]:
     """The videos of a prepared dataset (videos/*.mp4, sorted, as the official), with their captions.
 
     Metadata comes from manifest.json. A video whose size or mtime changed since `prepare` is probed and
-    hashed again (with a warning), so frame counts and cache keys always describe the bytes on disk.
+    hashed again (with a warning), so frame counts and cache keys always describe the bytes on disk. A
+    caption must be non-empty UTF-8 text, as `prepare` requires.
     """
-    dataset_dir = Path(dataset_dir)
+    dataset_dir = Path(dataset_dir).absolute()
     videos_dir = dataset_dir / "videos"
     if not videos_dir.is_dir():
         raise DatasetError(f"{videos_dir}: not found; build the dataset with `cosmos-engine prepare`")
@@ -105,10 +107,10 @@ def load_records(dataset_dir: Path) -> list[VideoRecord]:
             log.warning("%s changed since `prepare` (size or mtime); probing and hashing it again", path)
             entry = VideoEntry.of(path, probe_video(path), sha256_file(path))
         meta = dataset_dir / "metas" / f"{path.stem}.txt"
-        try:
-            prompt = meta.read_text().strip()
-        except OSError as exc:
-            raise DatasetError(f"{meta}: cannot read the caption of {path.name} ({exc.strerror})") from None
+        prompt = read_caption(meta)
+        if not prompt:
+            raise DatasetError(f"{meta}: the caption of {path.name} is empty; write it there or re-run "
+                               "`cosmos-engine prepare` with --prompt")
         records.append(VideoRecord(path=path, prompt=prompt, frames=entry.frames, fps=entry.fps, sha256=entry.sha256))
     for name in sorted(set(manifest) - {p.name for p in videos_dir.glob("*.mp4")}):
         log.warning("%s is listed in manifest.json but missing from %s", name, videos_dir)
@@ -274,5 +276,13 @@ def build_loader(dataset: Dataset, sampler: WindowSampler, *, batch_size: int, n
         num_workers = 0
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available() and not on_gpu, drop_last=True,
-                        persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None)
+                        persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None,
+                        worker_init_fn=_ignore_stop_signals)
     return TimedLoader(loader, sampler, batch_size, device)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave Ctrl-C and SIGTERM (sent to the whole process group) to the main process, which finishes
+    its step and checkpoint with them alive and then shuts them down."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

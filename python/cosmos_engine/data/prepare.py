@@ -23,7 +23,8 @@ Rules, and why:
   text and an unchanged manifest are left untouched. DATASET/videos mirrors the good videos of SRC: a video
   an earlier run put there (it is in the old manifest) and that is no longer in SRC is removed with its
   caption; an .mp4 there that prepare did not write is an error, so no user file is deleted.
-* Captions: `prompt` when given, else a sidecar SRC/<stem>.txt, else an existing DATASET/metas/<stem>.txt.
+* Captions: `prompt` when given, else a sidecar SRC/<stem>.txt, else an existing DATASET/metas/<stem>.txt;
+  UTF-8 text, not empty (`read_caption`, which training uses too).
 * All writes are atomic (temporary name in the same folder, then rename).
 """
 
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cosmos_engine.atomic import atomic_path
+from cosmos_engine.atomic import atomic_path, unwritable_reason
 from cosmos_engine.data import synthetic
 from cosmos_engine.data.video_io import (
     VideoProbe, encode_video, probe_video, sha256_file, write_if_changed,
@@ -106,6 +107,22 @@ def read_manifest(dataset_dir: Path) -> dict[str, VideoEntry]:
         raise DatasetError(f"{path}: not a cosmos-engine manifest ({exc}); re-run `cosmos-engine prepare`") from None
 
 
+def read_caption(path: Path) -> str:
+    """The stripped UTF-8 text of a caption file; DatasetError naming the file when it cannot be read."""
+    try:
+        return Path(path).read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: the caption is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the caption ({exc.strerror})") from None
+
+
+def _check_out(out: Path) -> None:
+    problem = unwritable_reason(out)
+    if problem:
+        raise DatasetError(f"{out}: cannot write the dataset there ({problem})")
+
+
 def _manifest_text(entries: dict[str, VideoEntry], min_frames: int) -> str:
     data = {"format": MANIFEST_FORMAT, "min_frames": min_frames,
             "videos": {name: asdict(entries[name]) for name in sorted(entries)}}
@@ -124,9 +141,10 @@ class _Checked:
 def prepare_videos(src: Path, out: Path, *, prompt: str | None = None, num_frames: int = 93,
                    skip_bad: bool = False, copy: bool = False) -> PrepareResult:
     """Probe every file of `src`, then write the dataset to `out` (see the module docstring)."""
-    src, out = Path(src), Path(out)
+    src, out = Path(src).absolute(), Path(out).absolute()
     if not src.is_dir():
         raise DatasetError(f"{src}: not a folder of videos")
+    _check_out(out)
     candidates = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".txt")
     if not candidates:
         raise DatasetError(f"{src}: contains no files (expected .mp4 videos)")
@@ -182,6 +200,7 @@ def prepare_synthetic(out: Path, *, count: int = 4, seed: int = 0, frames: int =
     if count < 1 or frames < 1 or height < 2 or width < 2:
         raise DatasetError(f"--synthetic needs at least 1 clip of at least 1 frame and 2x2 pixels, got {count} clips, "
                            f"{frames} frames, {height}x{width}")
+    _check_out(Path(out).absolute())
     videos_dir = Path(out) / "videos"
     names = {f"synthetic_{index:04d}.mp4" for index in range(count)}
     existing = sorted(p.name for p in videos_dir.glob("*.mp4")) if videos_dir.is_dir() else []
@@ -217,7 +236,7 @@ def _check(path: Path, out: Path, prompt: str | None, num_frames: int, names: se
     if caption is None:
         for candidate in (path.with_suffix(".txt"), out / "metas" / f"{path.stem}.txt"):
             if candidate.is_file():
-                caption = candidate.read_text().strip()
+                caption = read_caption(candidate)
                 break
     if not caption:
         raise DatasetError(f"{path}: no caption; pass --prompt or write it to {path.with_suffix('.txt')}")

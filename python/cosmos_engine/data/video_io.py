@@ -48,8 +48,9 @@ class VideoProbe:
 def probe_video(path: Path) -> VideoProbe:
     """Open `path`, decode every frame of its first video stream and describe it.
 
-    Raises DatasetError naming the file and the reason: empty file, not a media file FFmpeg can open,
-    no video stream (audio only), a decode error, fewer frames than the container declares, or no frame.
+    Raises DatasetError naming the file and the reason: empty file, not a media file FFmpeg can open, a
+    still image (whatever its suffix), no video stream (audio only), a decode error, fewer frames than the
+    container declares, or no frame.
     """
     path = Path(path)
     if path.stat().st_size == 0:
@@ -59,6 +60,9 @@ def probe_video(path: Path) -> VideoProbe:
     except av.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot be opened as a video ({_ffmpeg_reason(exc)})") from None
     with container:
+        if _is_still_image(container):
+            raise DatasetError(f"{path}: not a decodable video: FFmpeg reads it as a still image "
+                               f"({container.format.long_name}); expected an MP4 video")
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]
             raise DatasetError(f"{path}: no video stream (contains {', '.join(kinds)})")
@@ -83,6 +87,12 @@ def probe_video(path: Path) -> VideoProbe:
             duration = frames / fps
         return VideoProbe(frames=frames, fps=fps, width=stream.codec_context.width, height=stream.codec_context.height,
                           codec=stream.codec_context.name, duration=duration)
+
+
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """FFmpeg's image demuxers (png_pipe, jpeg_pipe, image2, ...) open a picture as a one-frame video."""
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe")
 
 
 def _ffmpeg_reason(exc: av.FFmpegError) -> str:
@@ -113,8 +123,8 @@ def encode_video(frames: np.ndarray, fps: float, *, lossless: bool = False, gop:
 
     `lossless=True` uses libx264rgb at qp 0 (RGB planes, no chroma subsampling), which decodes back to the
     identical RGB values; the default is ordinary libx264 yuv420p at `crf`, as real footage is stored.
-    Encoding is single-threaded so the same frames always give the same bytes (`prepare` relies on that to
-    leave unchanged synthetic clips alone).
+    Encoding is single-threaded and without macroblock-tree rate control, so the same frames always give the
+    same bytes (`prepare` relies on that to leave unchanged synthetic clips alone).
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
@@ -124,7 +134,9 @@ def encode_video(frames: np.ndarray, fps: float, *, lossless: bool = False, gop:
         stream = out.add_stream("libx264rgb" if lossless else "libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = width, height
         stream.pix_fmt = "rgb24" if lossless else "yuv420p"
-        options = {"qp": "0"} if lossless else {"crf": str(crf)}
+        # x264's macroblock-tree rate control gave two different streams for the same frames now and then
+        # (seen 25 in 60 at 33x64x112, with threads=1); without it the bytes are stable.
+        options = {"qp": "0"} if lossless else {"crf": str(crf), "x264-params": "mbtree=0"}
         options["threads"] = "1"
         if gop is not None:
             options["g"] = str(gop)

@@ -45,11 +45,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cosmos_engine.atomic import atomic_path
+from cosmos_engine.atomic import atomic_path, unwritable_reason
+from cosmos_engine.config.load import validate_infer
 from cosmos_engine.config.schema import InferConfig, ModelConfig
+from cosmos_engine.convert import RUN_PREFIX, run_ema_file
 from cosmos_engine.errors import CheckpointError, RecipeError
 from cosmos_engine.infer import unipc
-from cosmos_engine.infer.sample_files import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from cosmos_engine.infer.sample_files import IMAGE_SUFFIXES
 from cosmos_engine.parallel.distributed import setup_distributed
 
 log = logging.getLogger(__name__)
@@ -64,30 +66,18 @@ PREVIEW_FRAMES = 4      # frames in the PNG strip
 
 
 def validate(cfg: InferConfig, where: str = "[infer]") -> None:
-    """The rules of an [infer] table that involve more than one value's type; RecipeError naming the key."""
-    if cfg.num_frames % 4 != 1:
-        raise RecipeError(f"{where}: infer.num_frames = {cfg.num_frames} is invalid: the causal VAE needs 1 + 4k frames (e.g. 93)")
-    for key in ("height", "width"):
-        if getattr(cfg, key) % 16:
-            raise RecipeError(f"{where}: infer.{key} = {getattr(cfg, key)} is invalid: expected a multiple of 16")
-    latent_frames = 1 + (cfg.num_frames - 1) // 4
-    if cfg.num_conditional_frames > latent_frames:
-        raise RecipeError(f"{where}: infer.num_conditional_frames = {cfg.num_conditional_frames} is invalid: the "
-                          f"video has only {latent_frames} latent frames")
-    if cfg.num_conditional_frames == 0 and cfg.input_path:
-        raise RecipeError(f"{where}: infer.input_path = {cfg.input_path!r} is given but infer.num_conditional_frames = 0 "
-                          "(text2world); set 1 (image2world) or 2 (video2world) to condition on it")
-    if cfg.num_conditional_frames > 0:
-        if not cfg.input_path:
-            raise RecipeError(f"{where}: infer.input_path is empty but infer.num_conditional_frames = "
-                              f"{cfg.num_conditional_frames}: give the conditioning image or video")
-        if not cfg.input_path.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES):
-            raise RecipeError(f"{where}: infer.input_path = {cfg.input_path!r} is invalid: expected an image "
-                              f"({' '.join(IMAGE_SUFFIXES)}) or a video ({' '.join(VIDEO_SUFFIXES)})")
-        if not Path(cfg.input_path).expanduser().is_file():
-            raise RecipeError(f"{where}: infer.input_path = {cfg.input_path!r}: file not found")
-    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
-        raise RecipeError(f"{where}: infer.name = {cfg.name!r} is invalid: expected a plain file stem")
+    """An [infer] table's rules (`config.load.validate_infer`) and its files: the input has a video stream
+    and the output folder can be written, checked before any model is loaded; RecipeError naming the key
+    and the absolute path."""
+    validate_infer(cfg, lambda key: where)
+    if cfg.input_path:
+        path = Path(cfg.input_path).expanduser().absolute()
+        problem = _input_problem(path) if path.is_file() else "file not found"
+        if problem:
+            raise RecipeError(f"{where}: infer.input_path = {cfg.input_path!r}: {problem} ({path})")
+    problem = unwritable_reason(cfg.output_dir)
+    if problem:
+        raise RecipeError(f"{where}: infer.output_dir = {cfg.output_dir!r}: cannot write the outputs there ({problem})")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -100,10 +90,25 @@ def _as_official_uint8(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).float().div(255).mul(255).to(torch.uint8)
 
 
+def _input_problem(path: Path) -> str | None:
+    """Why FFmpeg cannot give frames of the input image or video `path`, or None."""
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.video:
+                return None
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+    except av.FFmpegError as exc:
+        return f"cannot be opened as an image or a video ({exc.strerror or exc})"
+    return f"no video stream (it contains {', '.join(kinds)}); expected an image or a video"
+
+
 def read_input_frames(path: str | Path, count: int) -> tuple[torch.Tensor, bool]:
     """(uint8 [t, H, W, 3] RGB, is_image): an image's only frame, or a video's LAST `count` frames (t <= count)."""
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().absolute()
     is_image = path.suffix.lower() in IMAGE_SUFFIXES
+    problem = _input_problem(path)
+    if problem:
+        raise RecipeError(f"{path}: {problem}")
     kept: deque[np.ndarray] = deque(maxlen=1 if is_image else count)
     try:
         with av.open(str(path)) as container:
@@ -284,14 +289,17 @@ class InferResult:
     frames: np.ndarray     # uint8 [T, H, W, 3], what the MP4 holds before compression
 
 
-def _checkpoint(model_cfg: ModelConfig, cfg: InferConfig) -> str:
+def _checkpoint(model_cfg: ModelConfig, cfg: InferConfig, trust_checkpoint: bool) -> str:
     path = cfg.checkpoint_path or model_cfg.checkpoint
     if not path:
         raise RecipeError("infer.checkpoint_path is empty (and so is model.checkpoint): give the post-trained DiT "
-                          "weights, e.g. RUN/checkpoints/iter_000001000/model_ema_bf16.pt")
+                          "weights, e.g. \"run:RECIPE.toml\" (that run's latest converted EMA file) or "
+                          "RUN/checkpoints/iter_000001000/model_ema_bf16.pt")
+    if path.startswith(RUN_PREFIX):
+        return str(run_ema_file(path[len(RUN_PREFIX):], trust_checkpoint))
     if not Path(path).expanduser().exists():
         key = "infer.checkpoint_path" if cfg.checkpoint_path else "model.checkpoint"
-        raise CheckpointError(f"{path}: no such checkpoint file or DCP folder ({key})")
+        raise CheckpointError(f"{Path(path).expanduser().absolute()}: no such checkpoint file or DCP folder ({key})")
     return str(Path(path).expanduser())
 
 
@@ -333,7 +341,7 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     Under torchrun the ranks share the work as `_parallel_mode` says; `context_parallel` asks for every
     sample's latent frames to be split over all ranks."""
     from cosmos_engine.models.flavors import dit_config, parameter_dtype
-    from cosmos_engine.models.state_dict import build_dit
+    from cosmos_engine.models.state_dict import build_dit, check_finite
     from cosmos_engine.train.data import build_text_encoder, build_vae
 
     if isinstance(samples, InferConfig):
@@ -343,7 +351,7 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
         raise RecipeError("no samples to generate")
     for cfg in samples.values():
         validate(cfg, f"sample {cfg.name!r}")
-    checkpoints = {_checkpoint(model_cfg, cfg) for cfg in samples.values()}
+    checkpoints = {_checkpoint(model_cfg, cfg, trust_checkpoint) for cfg in samples.values()}
     if len(checkpoints) != 1:
         raise RecipeError(f"the samples name {len(checkpoints)} different checkpoints; run them separately")
     (checkpoint,) = checkpoints
@@ -391,6 +399,7 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     # 3. Sampling, 4. decoding and files.
     net = build_dit(dit_cfg, checkpoint, device=device, dtype=dtype, weights=weights.pop(),
                     trust_checkpoint=trust_checkpoint).eval().requires_grad_(False)
+    check_finite(net, checkpoint)
     if mode == "context":
         net.enable_context_parallel(dist.group.WORLD)
     results = []

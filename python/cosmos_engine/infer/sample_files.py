@@ -20,12 +20,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cosmos_engine.config.schema import InferConfig
+from cosmos_engine.config.schema import IMAGE_SUFFIXES, VIDEO_SUFFIXES, InferConfig
 from cosmos_engine.errors import RecipeError
 
 INFERENCE_TYPES = {"text2world": 0, "image2world": 1, "video2world": 2}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-VIDEO_SUFFIXES = (".mp4",)
 
 # key -> (expected type, required); None in a value means "null is accepted".
 _TOP_KEYS: dict[str, tuple[Any, bool]] = {
@@ -71,10 +69,21 @@ def _check_keys(where: str, prefix: str, raw: dict[str, Any], keys: dict[str, tu
 
 def _existing_file(where: str, key: str, folder: Path, value: str) -> Path:
     path = Path(value).expanduser()
-    path = (folder / path) if not path.is_absolute() else path
+    relative = not path.is_absolute()
+    path = folder / path if relative else path
     if not path.is_file():
-        raise RecipeError(f"{where}: {key} = {value!r}: file not found ({path})")
+        how = "; relative paths start at the sample file's folder" if relative else ""
+        raise RecipeError(f"{where}: {key} = {value!r}: file not found ({path}{how})")
     return path.resolve()
+
+
+def _read_prompt(where: str, key: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{where}: {key}: {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise RecipeError(f"{where}: {key}: cannot read {path} ({exc.strerror})") from None
 
 
 def _resolution(where: str, text: str) -> tuple[int, int] | None:
@@ -92,7 +101,7 @@ def _resolution(where: str, text: str) -> tuple[int, int] | None:
 
 def load_sample_file(path: str | Path, base: InferConfig | None = None) -> dict[str, InferConfig]:
     """sample name -> the InferConfig of that sample (`base` with the file's values), in file order."""
-    path = Path(path)
+    path = Path(path).absolute()
     where = str(path)
     base = base or InferConfig()
     if path.suffix.lower() != ".json":
@@ -101,6 +110,10 @@ def load_sample_file(path: str | Path, base: InferConfig | None = None) -> dict[
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"{where}: sample file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{where}: is a folder, expected a JSON sample file") from None
+    except OSError as exc:
+        raise RecipeError(f"{where}: cannot read the sample file ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{where}: not a UTF-8 text file (byte {exc.start}); expected JSON") from None
     except json.JSONDecodeError as exc:
@@ -146,7 +159,7 @@ def load_sample_file(path: str | Path, base: InferConfig | None = None) -> dict[
         prompt = sample.get("prompt")
         if sample.get("prompt_path") is not None:
             prompt_file = _existing_file(where, prefix + "prompt_path", folder, sample["prompt_path"])
-            prompt = prompt_file.read_text(encoding="utf-8").strip()
+            prompt = _read_prompt(where, prefix + "prompt_path", prompt_file)
         if prompt is None:
             raise RecipeError(f"{where}: {prefix}prompt is missing: give prompt or prompt_path")
         values = dict(common, prompt=prompt, name=name, input_path="")

@@ -17,30 +17,30 @@ weights anyway). A state dict without any `net.`/`net_ema.` prefix (one saved fr
 
 Nothing is unpickled beyond plain checkpoint data unless the caller passes `trust_checkpoint=True` (the
 CLI's --trust-checkpoint): `.pt` files are read with `weights_only=True`, and a DCP folder's `.metadata`
-(a pickle) with an unpickler that builds only DCP's own metadata classes (`dcp_reader`).
+(a pickle) and its entries through `cosmos_engine.dcp_io`, which builds only plain checkpoint data.
 
 Memory: the model is built on the meta device and receives the loaded tensors directly: `.pt` files are
 memory-mapped and assigned (converted tensor by tensor when the dtype differs), DCP reads straight into the
 materialized parameters. The 2B model never exists twice in host memory while loading.
+
+Integrity: a `.pt` file with a `<file>.sha256` sidecar (`cosmos-engine convert` writes one) is hashed and
+compared before it is read (`cosmos_engine.checksum`); `check_finite` refuses weights holding NaN or Inf.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import pathlib
 import pickle
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint import metadata as dcp_metadata
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from cosmos_engine.checksum import verify_sha256
+from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
 
@@ -97,54 +97,6 @@ def check_keys(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Siz
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-METADATA_FILE = ".metadata"  # DCP's index of a checkpoint folder
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP's metadata objects and nothing else: the classes of `torch.distributed.checkpoint.metadata`,
-    the file-system reader's `_StorageInfo`, torch sizes, dtypes and layouts, and paths."""
-
-    _ALLOWED = {
-        ("torch", "Size"): torch.Size,
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
-        ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-        ("pathlib", "PosixPath"): pathlib.PosixPath,
-        ("pathlib", "WindowsPath"): pathlib.WindowsPath,
-        ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
-        ("pathlib", "PureWindowsPath"): pathlib.PureWindowsPath,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[module, name]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module == dcp_metadata.__name__ and isinstance(getattr(dcp_metadata, name, None), type):
-            return getattr(dcp_metadata, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (pass --trust-checkpoint if you trust "
-                                     "this checkpoint's source)")
-
-
-class _RestrictedReader(FileSystemReader):
-    """A FileSystemReader whose `.metadata` is read by `_MetadataUnpickler` instead of `pickle.load`."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        with open(Path(self.path) / METADATA_FILE, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
-        if not isinstance(metadata, Metadata):
-            raise pickle.UnpicklingError(f"expected a DCP Metadata object, got {type(metadata).__name__}")
-        if metadata.storage_meta is None:
-            metadata.storage_meta = dcp_metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-def dcp_reader(folder: str | Path, trust_checkpoint: bool = False) -> FileSystemReader:
-    """The storage reader of a DCP folder. The `.metadata` file is a pickle: unless the checkpoint is
-    trusted it is read by an unpickler that builds DCP's own metadata classes and refuses anything else."""
-    return FileSystemReader(folder) if trust_checkpoint else _RestrictedReader(folder)
-
-
 def dcp_folder(path: str | Path) -> Path | None:
     """The DCP folder (with `.metadata`) at `path` or at `path/model`, or None when `path` is not one."""
     path = Path(path)
@@ -155,18 +107,8 @@ def dcp_folder(path: str | Path) -> Path | None:
 
 
 def _dcp_tensor_shapes(folder: Path, trust_checkpoint: bool) -> dict[str, TensorStorageMetadata]:
-    try:
-        metadata = dcp_reader(folder, trust_checkpoint).read_metadata()
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder}: cannot read the DCP metadata ({e})") from e
+    metadata = read_metadata(folder, trust_checkpoint)
     return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
-
-
-def _dcp_load(state: dict[str, torch.Tensor], folder: Path, trust_checkpoint: bool) -> None:
-    """Fill the tensors of `state` from the DCP folder, in place, in this process only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, storage_reader=dcp_reader(folder, trust_checkpoint), no_dist=True)
 
 
 def _load_pt(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
@@ -174,6 +116,7 @@ def _load_pt(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: a folder without a DCP '.metadata' file (nor a 'model/' folder with one)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file or DCP folder")
+    verify_sha256(path)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint, mmap=True)
     except pickle.UnpicklingError as e:
@@ -209,7 +152,7 @@ def read_state_dict(path: str | Path, *, weights: Weights = "ema", trust_checkpo
     prefix = choose_prefix(list(shapes), weights, folder)
     state = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in shapes.items()
              if k.startswith(prefix) and not k.endswith(EXTRA_STATE)}
-    _dcp_load(state, folder, trust_checkpoint)
+    load_dcp(state, folder, trust_checkpoint=trust_checkpoint)
     return strip_official_prefix(state, prefix)
 
 
@@ -239,7 +182,7 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
         found = {k: md.size for k, md in strip_official_prefix(shapes, prefix).items()}
         check_keys(expected, found, f"DCP checkpoint {folder} ('{prefix}*')")
         model.to_empty(device=device)
-        _dcp_load({prefix + k: v for k, v in model.state_dict().items()}, folder, trust_checkpoint)
+        load_dcp({prefix + k: v for k, v in model.state_dict().items()}, folder, trust_checkpoint=trust_checkpoint)
     else:
         prefix, sd = _read_pt(Path(checkpoint), weights, trust_checkpoint)
         check_keys(expected, {k: v.shape for k, v in sd.items()}, f"checkpoint {checkpoint} ('{prefix}*')")
@@ -247,3 +190,13 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
         model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
     log.info("loaded DiT weights '%s*' from %s (%s, %s)", prefix, checkpoint, dtype, device)
     return model
+
+
+def check_finite(model: torch.nn.Module, source: str | Path) -> None:
+    """CheckpointError naming `source` and the first parameter or floating buffer holding NaN or Inf (such
+    weights sample an all-black video and nothing else says so). One isfinite reduction per tensor."""
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            raise CheckpointError(f"{source}: DiT tensor '{name}' holds {bad} non-finite values (NaN/Inf) of "
+                                  f"{tensor.numel()}; the checkpoint is damaged or its training diverged")

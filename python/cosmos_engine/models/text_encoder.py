@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -319,4 +320,47 @@ def write_tiny_encoder(folder: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+# Written beside the tiny encoder's files, hidden so that it is not part of the encoder identity.
+_TINY_RECORD = ".files.json"
+
+
+def _tiny_files(folder: Path) -> dict[str, str]:
+    return {p.name: _file_digest(p, {}) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def _tiny_encoder_problem(folder: Path) -> str | None:
+    """None when `folder` holds exactly the files recorded when it was written, else why not."""
+    if not folder.exists():
+        return "missing"
+    try:
+        recorded = json.loads((folder / _TINY_RECORD).read_text())
+    except (OSError, ValueError):
+        return "incomplete (no readable record of its files)"
+    if _tiny_files(folder) != recorded:
+        return "corrupt (its files differ from those written)"
+    return None
+
+
+def tiny_encoder(folder: str | Path, seed: int = 0) -> Path:
+    """The tiny random encoder in `folder` (a cache: `write_tiny_encoder`'s output, deterministic), written
+    again when it is missing or its files are not those written (truncated, overwritten, half-written by a
+    killed process). The new copy is built beside `folder` and renamed into place."""
+    folder = Path(folder)
+    problem = _tiny_encoder_problem(folder)
+    if problem is None:
+        return folder
+    if problem != "missing":
+        log.warning("the cached tiny text encoder %s is %s; writing it again", folder, problem)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_tiny_encoder(tmp, seed)
+    (tmp / _TINY_RECORD).write_text(json.dumps(_tiny_files(tmp)))
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    elif folder.exists():
+        folder.unlink()
+    os.replace(tmp, folder)
     return folder

@@ -5,9 +5,14 @@
 
 Saving writes into `iter_XXXXXXXXX.tmp/`, renames it to `iter_XXXXXXXXX/` once every DCP save has
 finished on every rank, then replaces `latest_checkpoint.txt` atomically (temp file + os.replace), then
-deletes all but the newest `keep_last` complete checkpoints. Loading trusts a folder only if all four
-parts have their DCP `.metadata`; a `.tmp` folder (a save that was interrupted) is never loaded and is
-removed at the next save.
+deletes all but the newest `keep_last` complete checkpoints. A folder counts as complete only when every
+part's DCP `.metadata` is readable and every data file it names is there, as long as recorded; resume takes
+the newest complete one and names any newer broken one it skips. A `.tmp` folder (an interrupted save) is
+never loaded and is removed at the next start or save. A disk that fills up during a save is one line
+naming the file; the previous checkpoint stays intact.
+
+Every part is read through `cosmos_engine.dcp_io` (no pickled object is built unless trusted), and the
+trainer part holds tensors only (the iteration and the data sampler's position).
 
 `model/` holds `net.*` (the trained network) and `net_ema.*` (the fp32 EMA), the official key layout that
 `cosmos-engine convert` and the official converter read.
@@ -27,8 +32,10 @@ from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
-from cosmos_engine.atomic import atomic_write
+from cosmos_engine import dcp_io
+from cosmos_engine.atomic import atomic_write, disk_full, remove_stale_temporaries
 from cosmos_engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -42,9 +49,18 @@ def iteration_dirname(iteration: int) -> str:
     return f"iter_{iteration:09d}"
 
 
+def checkpoint_problem(folder: Path, parts: tuple[str, ...] = PARTS, trust_checkpoint: bool = False) -> str | None:
+    """None when every part of the checkpoint folder is whole (see `dcp_io.folder_problem`), else what is
+    wrong, naming the file. Metadata that only --trust-checkpoint could read raises UntrustedContent."""
+    for part in parts:
+        problem = dcp_io.folder_problem(folder / part, trust_checkpoint)
+        if problem is not None:
+            return problem
+    return None
+
+
 def is_complete(folder: Path, parts: tuple[str, ...] = PARTS) -> bool:
-    """True when every part of the checkpoint folder has its DCP metadata (the last file DCP writes)."""
-    return all((folder / part / ".metadata").is_file() for part in parts)
+    return checkpoint_problem(folder, parts) is None
 
 
 def _distributed() -> bool:
@@ -65,11 +81,11 @@ def _maybe_die_during_save(iteration: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _dcp(fn, *args, **kwargs):
-    """DCP save/load; single-process use is intended here, so its warning about it is noise."""
+def _dcp_save(state: dict[str, Any], folder: Path) -> None:
+    """DCP save; single-process use is intended here, so its warning about it is noise."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        return fn(*args, no_dist=not _distributed(), **kwargs)
+        dcp.save(state, checkpoint_id=folder, no_dist=not _distributed())
 
 
 def _barrier() -> None:
@@ -85,34 +101,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
-    """(iteration, folder) of every complete checkpoint, oldest first."""
+def _iteration_folders(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """(iteration, folder) of every published checkpoint folder, complete or not, oldest first."""
     if not checkpoints_dir.is_dir():
         return []
     found = []
     for entry in checkpoints_dir.iterdir():
         match = _ITER_RE.match(entry.name)
-        if match and entry.is_dir() and is_complete(entry):
+        if match and entry.is_dir():
             found.append((int(match.group(1)), entry))
     return sorted(found)
 
 
-def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The newest complete checkpoint. latest_checkpoint.txt is written for the official tools, but
-    the folders decide: the pointer is updated after the rename, so a crash in between leaves it one
-    checkpoint behind, never ahead."""
-    candidates = complete_checkpoints(checkpoints_dir)
-    return candidates[-1][1] if candidates else None
+def complete_checkpoints(checkpoints_dir: Path, trust_checkpoint: bool = False) -> list[tuple[int, Path]]:
+    """(iteration, folder) of every complete checkpoint, oldest first."""
+    return [(it, folder) for it, folder in _iteration_folders(checkpoints_dir)
+            if checkpoint_problem(folder, trust_checkpoint=trust_checkpoint) is None]
+
+
+def latest_checkpoint(checkpoints_dir: Path, trust_checkpoint: bool = False) -> Path | None:
+    """The newest complete checkpoint, warning about each newer folder skipped as broken.
+
+    latest_checkpoint.txt is written for the official tools, but the folders decide: the pointer is
+    updated after the rename, so a crash in between leaves it one checkpoint behind, never ahead."""
+    for _, folder in reversed(_iteration_folders(checkpoints_dir)):
+        problem = checkpoint_problem(folder, trust_checkpoint=trust_checkpoint)
+        if problem is None:
+            return folder
+        log.warning("skipping the broken checkpoint %s: %s", folder, problem)
+    return None
 
 
 class CheckpointManager:
     """Saves and restores the training state of one run folder's `checkpoints/`."""
 
-    def __init__(self, checkpoints_dir: str | os.PathLike, keep_last: int):
+    def __init__(self, checkpoints_dir: str | os.PathLike, keep_last: int, trust_checkpoint: bool = False):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.dir = Path(checkpoints_dir)
         self.keep_last = keep_last
+        self.trust_checkpoint = trust_checkpoint  # read pickled objects in the parts (--trust-checkpoint)
 
     def save(self, iteration: int, parts: Mapping[str, dict[str, Any]]) -> Path:
         """Save the state dicts of PARTS (collective: every rank calls it) and return the final folder."""
@@ -126,9 +154,19 @@ class CheckpointManager:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
         _barrier()
-        for name in PARTS:
-            _dcp(dcp.save, parts[name], checkpoint_id=staging / name)
-            _maybe_die_during_save(iteration)
+        try:
+            for name in PARTS:
+                _dcp_save(parts[name], staging / name)
+                _maybe_die_during_save(iteration)
+        except (OSError, RuntimeError, CheckpointException) as exc:
+            causes = [cause for cause, _ in exc.failures.values()] if isinstance(exc, CheckpointException) else [exc]
+            if not disk_full(causes, self.dir):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # give the space back; the partial save is useless
+            previous = self.latest()
+            raise CheckpointError(f"no space left on device while writing {staging}; the previous checkpoint "
+                                  f"{previous.name + ' is intact' if previous else '(none) was never written'}; "
+                                  "free some space and rerun the same command to resume") from None
         _barrier()
         if _rank() == 0:
             if final.exists():  # the same iteration saved again (e.g. after a resume): replace it whole
@@ -146,21 +184,30 @@ class CheckpointManager:
         log.info("saved checkpoint %s", final)
         return final
 
-    def _purge(self) -> None:
-        for entry in self.dir.iterdir():  # leftovers of interrupted saves
+    def remove_leftovers(self) -> None:
+        """Remove what interrupted saves left (staging folders, temporary files). Only the run that holds
+        the run folder's lock calls it, so nothing here is being written."""
+        if not self.dir.is_dir():
+            return
+        for entry in self.dir.iterdir():
             if entry.is_dir() and (entry.name.endswith(".tmp") or entry.name.endswith(".old")):
+                log.info("removing %s, left by an interrupted save", entry)
                 shutil.rmtree(entry, ignore_errors=True)
-        complete = complete_checkpoints(self.dir)
+        remove_stale_temporaries(self.dir)
+
+    def _purge(self) -> None:
+        self.remove_leftovers()
+        complete = complete_checkpoints(self.dir, self.trust_checkpoint)
         for _, folder in complete[: max(0, len(complete) - self.keep_last)]:
             shutil.rmtree(folder, ignore_errors=True)
 
     def latest(self) -> Path | None:
-        return latest_checkpoint(self.dir)
+        return latest_checkpoint(self.dir, self.trust_checkpoint)
 
-    @staticmethod
-    def load(folder: Path, parts: Mapping[str, dict[str, Any]]) -> None:
-        """Load the given parts in place (DCP fills the tensors of each state dict)."""
-        if not is_complete(folder, tuple(parts)):
-            raise CheckpointError(f"{folder}: not a complete checkpoint (a part has no DCP .metadata); refusing to load it")
+    def load(self, folder: Path, parts: Mapping[str, dict[str, Any]]) -> None:
+        """Load the given parts in place (collective under torchrun: DCP fills each rank's shards)."""
+        problem = checkpoint_problem(folder, tuple(parts), self.trust_checkpoint)
+        if problem is not None:
+            raise CheckpointError(f"{folder}: not a complete checkpoint ({problem}); refusing to load it")
         for name, state in parts.items():
-            _dcp(dcp.load, state, checkpoint_id=folder / name)
+            dcp_io.load_dcp(state, folder / name, trust_checkpoint=self.trust_checkpoint, no_dist=not _distributed())

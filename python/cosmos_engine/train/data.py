@@ -24,7 +24,7 @@ from cosmos_engine.data.cache import BuildStats, CachedWindowDataset, LatentCach
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records, make_decoder
 from cosmos_engine.errors import RecipeError
 from cosmos_engine.models.flavors import parameter_dtype, vae_config
-from cosmos_engine.models.text_encoder import TextEncoder, write_tiny_encoder
+from cosmos_engine.models.text_encoder import TextEncoder, tiny_encoder
 from cosmos_engine.models.wan_vae import WanVAE, load_vae
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
     dtype = parameter_dtype(model_cfg.dtype)
     if model_cfg.vae_path:
-        return load_vae(model_cfg.vae_path, vae_config(model_cfg.flavor), device=device, dtype=dtype)
+        return load_vae(Path(model_cfg.vae_path).absolute(), vae_config(model_cfg.flavor), device=device, dtype=dtype)
     if model_cfg.flavor != "tiny":
         raise RecipeError(f"model.vae_path is empty; the {model_cfg.flavor!r} flavor needs the Wan2.1 VAE weights "
                           "(tokenizer.pth of Cosmos-Predict2.5-2B)")
@@ -45,17 +45,16 @@ def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
 
 def build_text_encoder(model_cfg: ModelConfig, dataset_dir: Path, device: torch.device) -> TextEncoder:
     dtype = parameter_dtype(model_cfg.dtype)
-    folder = model_cfg.text_encoder_path
-    if not folder:
-        if model_cfg.flavor != "tiny":
-            raise RecipeError(f"model.text_encoder_path is empty; the {model_cfg.flavor!r} flavor needs a local copy "
-                              "of nvidia/Cosmos-Reason1-7B")
-        folder = dataset_dir / "cache" / "tiny_reason1"
-        if not (folder / "config.json").is_file():
-            if not dist.is_initialized() or dist.get_rank() == 0:
-                write_tiny_encoder(folder, seed=0)
-            if dist.is_initialized():
-                dist.barrier()
+    if model_cfg.text_encoder_path:
+        return TextEncoder(Path(model_cfg.text_encoder_path).absolute(), device=device, dtype=dtype)
+    if model_cfg.flavor != "tiny":
+        raise RecipeError(f"model.text_encoder_path is empty; the {model_cfg.flavor!r} flavor needs a local copy "
+                          "of nvidia/Cosmos-Reason1-7B")
+    folder = dataset_dir / "cache" / "tiny_reason1"
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        tiny_encoder(folder, seed=0)
+    if dist.is_initialized():
+        dist.barrier()
     return TextEncoder(folder, device=device, dtype=dtype)
 
 
@@ -119,7 +118,7 @@ def fill_cache(model_cfg: ModelConfig, data_cfg: DataConfig, device: torch.devic
     `cosmos-engine prepare --cache RECIPE`. Returns the video windows, the VAE, the text encoder's identity
     (the encoder itself is dropped here, before the DiT is built) and what the build did. Several ranks
     share the work; the caller waits for all of them before reading."""
-    dataset_dir = Path(data_cfg.dataset_dir)
+    dataset_dir = Path(data_cfg.dataset_dir).absolute()
     videos = VideoWindowDataset(load_records(dataset_dir), data_cfg.num_frames, data_cfg.height, data_cfg.width,
                                 make_decoder(data_cfg.decoder))
     vae = LatentEncoder(build_vae(model_cfg, device), model_cfg.vae_tiled)
@@ -138,7 +137,7 @@ def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg:
     videos, vae, text_identity, _ = fill_cache(model_cfg, data_cfg, device, rank=rank, world_size=world_size)
     if dist.is_initialized():
         dist.barrier()
-    cache = LatentCache(Path(data_cfg.dataset_dir))
+    cache = LatentCache(Path(data_cfg.dataset_dir).absolute())
     text_by_prompt = cache.text_embeddings([r.prompt for r in videos.records], text_identity)
     if data_cfg.cache == "windows":
         dataset = CachedWindowDataset(cache, videos, vae.identity)

@@ -43,6 +43,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup_steps))
 
 
+def set_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, *, lr: float,
+                        betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """Put the recipe's values into a resumed optimizer and schedule (their checkpoint holds the values they
+    were saved with). The current lr is recomputed exactly as LambdaLR computes it, so unchanged values
+    resume bitwise."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, lmbda in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group.update(initial_lr=lr, lr=lr * lmbda(scheduler.last_epoch), betas=betas, eps=eps,
+                     weight_decay=weight_decay)
+
+
 @torch.no_grad()
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> tuple[torch.Tensor, float]:
     """Official GradClip(force_finite=True): non-finite gradient entries become 0, then the global L2

@@ -9,7 +9,11 @@ they run once per window and caption before the first step, never inside it.
 Each step: batch (cached latents + text embeddings) -> the step's random draws (a function of seed, step
 and global sample index, so resumes and rank counts do not change them) -> loss -> backward -> clip -> AdamW -> LR schedule -> EMA -> metrics -> checkpoint
 every `save_every` steps and at the end. A non-finite loss stops the run, naming the step; the last
-checkpoint, written before it, is intact.
+checkpoint, written before it, is intact. A stop signal (SIGTERM, SIGINT, SIGUSR1) ends the run after the
+current step with a checkpoint (train/stop_signals.py).
+
+The run folder is owned for the whole run (train/run_folder.py): one run at a time, and a resume only
+with the recipe values the checkpoints were trained with.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +32,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
 
-from cosmos_engine.config.schema import CheckpointConfig, DataConfig, JobConfig, ModelConfig, TrainConfig
+from cosmos_engine.atomic import remove_stale_temporaries
+from cosmos_engine.config.schema import ModelConfig, Recipe, TrainConfig
 from cosmos_engine.errors import UserError
 from cosmos_engine.models.cosmos_dit import CosmosDiT
 from cosmos_engine.models.flavors import dit_config, parameter_dtype
@@ -41,20 +45,13 @@ from cosmos_engine.train import optim, step as step_lib
 from cosmos_engine.train.checkpoint import CheckpointManager
 from cosmos_engine.train.data import TrainingData, build_training_data
 from cosmos_engine.train.metrics import MetricsProcessor, StepTimes, dit_forward_flops
+from cosmos_engine.train.run_folder import RunFolderOptions, claim_run_folder
+from cosmos_engine.train.stop_signals import RunStopped, StopRequests, signal_name
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT_ROOT = "/tmp/imaginaire4-output"
-
-
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
-
-
-def run_dir_for(job: JobConfig) -> Path:
-    """$IMAGINAIRE_OUTPUT_ROOT/PROJECT/GROUP/NAME, as the official trainer lays out its jobs."""
-    root = job.output_root or os.environ.get("IMAGINAIRE_OUTPUT_ROOT", DEFAULT_OUTPUT_ROOT)
-    return Path(root) / job.project / job.group / job.name
 
 
 class Diffusion(nn.Module):
@@ -122,15 +119,33 @@ def compute_context(precision: str, device: torch.device):
 
 
 def _trainer_state(iteration: int, data: TrainingData) -> dict:
-    # The step's random draws derive from (seed, step, sample), so the iteration is all the RNG state there is.
-    return {"iteration": iteration, "grad_scaler": {}, "data": data.state_dict()}
+    """Tensors only, so resuming never unpickles anything. The step's random draws derive from (seed, step,
+    sample), so the iteration is all the RNG state there is; the data sampler's state is a few integers."""
+    return {"iteration": torch.tensor(iteration), "data": {k: torch.tensor(v) for k, v in data.state_dict().items()}}
 
 
-def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
-               ckpt_cfg: CheckpointConfig, trust_checkpoint: bool = False) -> dict:
-    """Run (or resume) post-training in `run_dir`; return the last step's metrics. `trust_checkpoint`
-    allows arbitrary pickled objects in `model_cfg.checkpoint` (see models/state_dict.py)."""
+def post_train(recipe: Recipe, run_dir: Path, *, trust_checkpoint: bool = False,
+               folder_options: RunFolderOptions = RunFolderOptions()) -> dict:
+    """Run (or resume) post-training of `recipe` in `run_dir`; return the last step's metrics.
+
+    The whole recipe is taken (not only the tables the loop reads) because the run folder records its
+    fingerprint. `trust_checkpoint` allows arbitrary pickled objects in `model.checkpoint` and in the run's
+    own checkpoints (see cosmos_engine/dcp_io.py). Raises RunStopped after a stop signal's checkpoint."""
     dist_info = setup_distributed()
+    with claim_run_folder(run_dir, recipe, folder_options, dist_info.is_main) as changed:
+        if changed:
+            log.info("resuming with the recipe's new values of %s", ", ".join(changed))
+        with StopRequests(dist_info.device) as stop:
+            return _train(recipe, run_dir, dist_info, stop, trust_checkpoint)
+
+
+def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequests, trust_checkpoint: bool) -> dict:
+    job, model_cfg, data_cfg, train_cfg, ckpt_cfg = recipe.job, recipe.model, recipe.data, recipe.train, recipe.checkpoint
+    manager = CheckpointManager(run_dir / "checkpoints", ckpt_cfg.keep_last, trust_checkpoint)
+    if dist_info.is_main:
+        manager.remove_leftovers()
+        remove_stale_temporaries(run_dir)
+    latest = manager.latest() if ckpt_cfg.resume else None  # before the expensive set-up: a hostile file stops here
 
     data = build_training_data(model_cfg, data_cfg, train_cfg, job.seed, dist_info.rank, dist_info.world_size,
                                dist_info.device)
@@ -138,7 +153,6 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
     opt = optim.build_optimizer(model.net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
                                 weight_decay=train_cfg.weight_decay)
     scheduler = optim.build_scheduler(opt, train_cfg.warmup_steps)
-    manager = CheckpointManager(run_dir / "checkpoints", ckpt_cfg.keep_last)
     sd_options = StateDictOptions(flatten_optimizer_state_dict=True)
 
     def parts(iteration: int) -> dict:
@@ -146,15 +160,17 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
                 "scheduler": scheduler.state_dict(), "trainer": _trainer_state(iteration, data)}
 
     start = 0
-    latest = manager.latest() if ckpt_cfg.resume else None
     if latest is not None:
         state = parts(0)
-        CheckpointManager.load(latest, state)
+        manager.load(latest, state)
         set_model_state_dict(model, state["model"])
         set_optimizer_state_dict(model, opt, state["optim"], options=sd_options)
         scheduler.load_state_dict(state["scheduler"])
+        # The recipe's values (equal to the saved ones unless --allow-recipe-change) drive the next steps.
+        optim.set_hyperparameters(opt, scheduler, lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
+                                  weight_decay=train_cfg.weight_decay)
         start = int(state["trainer"]["iteration"])
-        data.load_state_dict(state["trainer"]["data"])
+        data.load_state_dict({k: int(v) for k, v in state["trainer"]["data"].items()})
         log.info("resumed from %s at step %d", latest, start)
 
     flops = dit_forward_flops(dit_config(model_cfg.flavor), data.latent_thw, data.text_tokens)
@@ -164,8 +180,12 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
     progress = _Progress(start, train_cfg.max_steps, dist_info.is_main)
     record: dict = {}
     params = list(model.net.parameters())
+    saved = start
     try:
         for iteration in range(start, train_cfg.max_steps):
+            signum = stop.requested()  # collective: every rank stops at the same step
+            if signum:
+                _stop(signum, iteration, saved, manager, parts)
             clock = PhaseClock(dist_info.device)
             x0, text = next(data)
             clock.lap("data")
@@ -199,10 +219,23 @@ def post_train(run_dir: Path, job: JobConfig, model_cfg: ModelConfig, data_cfg: 
                 progress.update(done, record)
             if done % ckpt_cfg.save_every == 0 or done == train_cfg.max_steps:
                 manager.save(done, parts(done))
+                saved = done
     finally:
         metrics.close()
         progress.close()
     return record
+
+
+def _stop(signum: int, done: int, saved: int, manager: CheckpointManager, parts) -> None:
+    """Save the steps done since the last checkpoint (collective) and raise RunStopped."""
+    if done > saved:
+        folder = manager.save(done, parts(done))
+        what = f"checkpoint {folder.name} saved"
+    else:
+        latest = manager.latest()
+        what = f"checkpoint {latest.name} is the latest" if latest else "no step was done yet"
+    raise RunStopped(f"stopped by {signal_name(signum)} at step {done}; {what}; rerun the same command to resume",
+                     signum)
 
 
 class PhaseClock:

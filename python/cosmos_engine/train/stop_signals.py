@@ -1,0 +1,69 @@
+"""Stopping a run on request without losing its work: SIGTERM (SLURM, Kubernetes, torchrun), SIGINT (Ctrl-C)
+and SIGUSR1 (`sbatch --signal=USR1@60`) ask the loop to stop; it finishes the step it is in, saves a
+checkpoint and exits with 128 + the signal number. A second Ctrl-C aborts at once (the last checkpoint
+is intact), without a traceback.
+
+Under torchrun the ranks agree on the step to stop at (`requested()` is a collective), so every rank saves
+the same checkpoint even when the signal reaches them at different moments.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class RunStopped(Exception):
+    """The run stopped on a signal after saving its work; the CLI prints the message and exits with `exit_code`."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequests:
+    """A context that turns the stop signals into a request the training loop polls."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum and signum == signal.SIGINT:
+            print("cosmos-engine run: second Ctrl-C: aborting now; the last saved checkpoint is intact",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        if not self.signum:
+            self.signum = signum
+            print(f"cosmos-engine run: {signal.Signals(signum).name} received: stopping after this step with a "
+                  "checkpoint" + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""),
+                  file=sys.stderr, flush=True)
+
+    def requested(self) -> int:
+        """The signal that asked to stop (0: none); under torchrun any rank's request counts for all."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.signum
+        flag = torch.tensor([self.signum], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
