@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from cosmos_engine.atomic import DiskFull, atomic_path, atomic_write, remove_stale_temporaries
+from cosmos_engine.atomic import DiskFull, atomic_path, atomic_write, remove_stale_temporaries, unwritable_reason
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -26,10 +26,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, error):
     from cosmos_engine import atomic
 
+    def disk_usage(_):  # the partial file fills the disk; deleting it gives the space back
+        full = any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+        return type("usage", (), {"free": 4096 if full else 1 << 30})()
+
     if isinstance(error, RuntimeError):  # torch's writer says nothing about space: the free space decides
-        monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _: type("usage", (), {"free": 4096})())
+        monkeypatch.setattr(atomic.shutil, "disk_usage", disk_usage)
     with pytest.raises(DiskFull, match=f"no space left on device while writing {tmp_path / 'model.pt'}$"):
-        with atomic_path(tmp_path / "model.pt"):
+        with atomic_path(tmp_path / "model.pt") as tmp:
+            tmp.write_bytes(b"part of a large file")
             raise error
     assert not list(tmp_path.iterdir())
 
@@ -49,3 +54,15 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
         path.write_text("x")
     assert remove_stale_temporaries(tmp_path) == 1
     assert not stale.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits; the case cannot be made here")
+def test_a_folder_without_write_permission_is_named(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert unwritable_reason(locked / "out") == f"no permission to write in {locked}"
+
+
+def test_a_file_in_the_way_is_named(tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert unwritable_reason(tmp_path / "f" / "out") == f"{tmp_path / 'f'} is a file, not a folder"

@@ -177,12 +177,21 @@ def infer_audio_only_input(tmp, dataset):
                ["infer.input_path", str(tmp / "sound.mp4"), "no video stream"])
 
 
+def convert_out_dir_is_a_file(tmp, dataset):
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"net.w": torch.zeros(2), "net_ema.w": torch.zeros(2)}, checkpoint_id=tmp / "iter" / "model", no_dist=True)
+    return Bad(["convert", tmp / "iter", a_file(tmp)], [str(tmp / "afile"), "cannot write the converted files"])
+
+
 CASES: list[Callable[[Path, Path], Bad]] = [
     prepare_caption_not_utf8, prepare_png_named_mp4, prepare_out_is_a_file, prepare_out_unwritable,
     run_caption_not_utf8, run_caption_empty, run_relative_dataset_named_absolute, run_output_root_is_a_file,
     run_output_root_unwritable, run_output_root_variable_empty, run_job_name_escapes_the_root, run_job_group_empty,
     check_applies_the_infer_rules, check_unset_variable_in_a_path,
     infer_output_dir_is_a_file, infer_output_dir_unwritable, infer_sample_file_is_a_folder, infer_audio_only_input,
+    convert_out_dir_is_a_file,
 ]
 
 

@@ -46,8 +46,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException as exc:
+        # Judged before the temporary file goes: deleting it gives back the space that ran out.
+        full = isinstance(exc, (OSError, RuntimeError)) and disk_full([exc], path.parent)
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)) and disk_full([exc], path.parent):
+        if full:
             raise DiskFull(f"no space left on device while writing {path}") from None
         raise
 
@@ -58,16 +60,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
 
 
 def disk_full(errors: Iterable[BaseException], folder: str | os.PathLike) -> bool:
-    """Whether these errors (and the errors they were raised from) mean the disk holding `folder` is full.
-    torch's zip writer reports a full disk as an opaque RuntimeError ("enforce fail at inline_container.cc"),
-    so a failure with almost no space left in `folder` counts too."""
+    """Whether these errors (and the errors they were raised from) mean the disk holding `folder` is full (or
+    the user's quota is). torch's zip writer reports a full disk as an opaque RuntimeError ("enforce fail at
+    inline_container.cc"), so such an error with almost no space left in `folder` counts too."""
+    opaque = False
     for error in errors:
         while error is not None:
-            if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in str(error):
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
                 return True
+            if "No space left" in str(error):
+                return True
+            opaque |= isinstance(error, RuntimeError)
             error = error.__cause__ or error.__context__
     try:
-        return shutil.disk_usage(folder).free < 1 << 20
+        return opaque and shutil.disk_usage(folder).free < 1 << 20
     except OSError:
         return False
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from cosmos_engine.atomic import atomic_path
+from cosmos_engine.atomic import atomic_path, unwritable_reason
 from cosmos_engine.checksum import file_sha256, sidecar_path, write_sidecar
 from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
@@ -155,6 +155,9 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     """
     model_dir = find_model_dir(checkpoint, trust_checkpoint)
     out = Path(out_dir) if out_dir is not None else model_dir.parent
+    problem = unwritable_reason(out)  # before the (long) read of the checkpoint
+    if problem:
+        raise CheckpointError(f"{out.absolute()}: cannot write the converted files there ({problem})")
     log.info("reading %s", model_dir)
     state = load_model_checkpoint(model_dir, trust_checkpoint=trust_checkpoint)
     ema_state = ema_state_dict(state)

@@ -47,9 +47,15 @@ class UntrustedContent(CheckpointError):
     """The checkpoint holds pickled objects beyond plain data; only --trust-checkpoint would read them."""
 
 
-class _MetadataUnpickler(pickle.Unpickler):
+class _Refused(pickle.UnpicklingError):
+    """Something the metadata unpickler will not build."""
+
+
+class _MetadataUnpickler(pickle._Unpickler):
     """Builds DCP's metadata objects and nothing else: the classes of `torch.distributed.checkpoint.metadata`,
-    the file-system reader's `_StorageInfo`, torch sizes, dtypes and layouts, and paths."""
+    the file-system reader's `_StorageInfo`, torch sizes, dtypes and layouts, and paths. The pure-Python
+    unpickler, so that BUILD can be refused on classes: `setattr` on an allowed class would change it for
+    the whole process."""
 
     _ALLOWED = {
         ("torch", "Size"): torch.Size,
@@ -70,9 +76,12 @@ class _MetadataUnpickler(pickle.Unpickler):
             return getattr(dcp_metadata, name)
         raise _Refused(f"{module}.{name}")
 
+    def _load_build(self) -> None:
+        if isinstance(self.stack[-2], type):
+            raise _Refused(f"attributes of the class {self.stack[-2].__qualname__}")
+        super().load_build()
 
-class _Refused(pickle.UnpicklingError):
-    """A global the metadata unpickler will not build."""
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: _load_build}
 
 
 class _RestrictedReader(FileSystemReader):
@@ -96,19 +105,27 @@ class _SafePlanner(DefaultLoadPlanner):
     def __init__(self, trust_checkpoint: bool, flatten: bool) -> None:
         super().__init__(flatten_state_dict=flatten, flatten_sharded_tensors=flatten)
         self._trust = trust_checkpoint
-        self.refused: list[str] = []
+        self.refused: list[str] = []     # pickled objects weights_only will not build
+        self.unreadable: list[str] = []  # not a pickle at all
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         key = read_item.dest_index.fqn
         try:
             obj = torch.load(value, weights_only=not self._trust)
-        except pickle.UnpicklingError:
-            self.refused.append(key)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            # torch's weights_only loader says "Unsupported global" for an object it will not build; anything
+            # else (an unknown opcode, a truncated stream) is damage, which trusting the file would not cure
+            (self.refused if "Unsupported global" in str(exc) else self.unreadable).append(key)
             return
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[key], obj)
         else:
             self.state_dict[key] = obj
+
+
+def _untrusted_metadata(folder: Path, refused: _Refused) -> UntrustedContent:
+    return UntrustedContent(f"{folder / METADATA_FILE}: refusing to unpickle {refused} from the DCP metadata; "
+                            f"{TRUST_HINT}")
 
 
 def dcp_reader(folder: str | Path, trust_checkpoint: bool = False) -> FileSystemReader:
@@ -122,7 +139,7 @@ def read_metadata(folder: str | Path, trust_checkpoint: bool = False) -> Metadat
     try:
         return dcp_reader(folder, trust_checkpoint).read_metadata()
     except _Refused as exc:
-        raise UntrustedContent(f"{path}: refusing to unpickle {exc} from the DCP metadata; {TRUST_HINT}") from None
+        raise _untrusted_metadata(Path(folder), exc) from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing (the save did not finish, or this is not a DCP folder)") from None
     except OSError as exc:
@@ -141,9 +158,14 @@ def folder_problem(folder: str | Path, trust_checkpoint: bool = False) -> str | 
     except CheckpointError as exc:
         return str(exc)
     needed: dict[str, int] = {}
-    for info in (metadata.storage_data or {}).values():
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    try:
+        for info in (metadata.storage_data or {}).values():
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    except (AttributeError, TypeError):
+        return f"{folder / METADATA_FILE}: malformed DCP metadata (its storage index is not DCP's)"
     for name, size in sorted(needed.items()):
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            return f"{folder / METADATA_FILE}: names the data file {name!r}, which is not a file in {folder}"
         try:
             found = (folder / name).stat().st_size
         except FileNotFoundError:
@@ -169,20 +191,23 @@ def load_dcp(state: dict[str, Any], folder: str | Path, *, trust_checkpoint: boo
             dcp.load(state, storage_reader=dcp_reader(folder, trust_checkpoint), planner=planner, no_dist=no_dist)
         except CheckpointException as exc:  # DCP's wrapper of what failed on each rank
             causes = list(_causes(cause for cause, _ in exc.failures.values()))
-            if any(isinstance(cause, _Refused) for cause in causes):
-                refused = next(cause for cause in causes if isinstance(cause, _Refused))
-                raise UntrustedContent(f"{folder / METADATA_FILE}: refusing to unpickle {refused} from the DCP "
-                                       f"metadata; {TRUST_HINT}") from None
+            refused = next((cause for cause in causes if isinstance(cause, _Refused)), None)
+            if refused is not None:
+                raise _untrusted_metadata(folder, refused) from None
             raise CheckpointError(f"{folder}: unreadable checkpoint data ({_describe(causes)})") from None
         except _Refused as exc:
-            raise UntrustedContent(f"{folder / METADATA_FILE}: refusing to unpickle {exc} from the DCP metadata; "
-                                   f"{TRUST_HINT}") from None
+            raise _untrusted_metadata(folder, exc) from None
         except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{folder}: unreadable checkpoint ({_describe([exc])})") from None
     if planner.refused:
-        shown = ", ".join(map(repr, planner.refused[:5])) + (", ..." if len(planner.refused) > 5 else "")
-        raise UntrustedContent(f"{folder}: entries {shown} hold pickled objects that weights_only loading refuses; "
-                               f"{TRUST_HINT}")
+        raise UntrustedContent(f"{folder}: entries {_shown(planner.refused)} hold pickled objects that weights_only "
+                               f"loading refuses; {TRUST_HINT}")
+    if planner.unreadable:
+        raise CheckpointError(f"{folder}: entries {_shown(planner.unreadable)} are unreadable (damaged data)")
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(map(repr, keys[:5])) + (", ..." if len(keys) > 5 else "")
 
 
 def _causes(errors: Iterable[BaseException]) -> Iterable[BaseException]:

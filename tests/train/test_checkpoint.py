@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cosmos_engine.errors import CheckpointError
-from cosmos_engine.train.checkpoint import LATEST, PARTS, CheckpointManager, is_complete
+from cosmos_engine.train.checkpoint import LATEST, PARTS, CheckpointManager, checkpoint_problem
 
 
 def make_state(seed: int) -> dict[str, dict]:
@@ -29,7 +29,7 @@ def test_layout_round_trip_and_pruning(tmp_path):
     manager = CheckpointManager(tmp_path / "checkpoints", keep_last=2)
     for it in (200, 400, 600):
         folder = manager.save(it, make_state(it))
-        assert folder.name == f"iter_{it:09d}" and is_complete(folder)
+        assert folder.name == f"iter_{it:09d}" and checkpoint_problem(folder) is None
         assert sorted(p.name for p in folder.iterdir()) == sorted(PARTS)
         assert (tmp_path / "checkpoints" / LATEST).read_text() == f"iter_{it:09d}\n"
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -71,3 +71,17 @@ def test_saving_the_same_iteration_again_replaces_it(tmp_path):
     manager.load(manager.latest(), loaded)
     assert torch.equal(loaded["model"]["net.w"], make_state(2)["model"]["net.w"])
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["iter_000000005", LATEST]
+
+
+def test_a_kill_while_replacing_a_checkpoint_keeps_the_old_one(tmp_path):
+    """Saving an iteration again moves the published folder to .old, then publishes the new one; killed in
+    between, the next start puts the old one back instead of deleting both."""
+    manager = CheckpointManager(tmp_path / "ck", keep_last=2)
+    folder = manager.save(5, make_state(5))
+    folder.rename(folder.with_name(folder.name + ".old"))
+    shutil.copytree(folder.with_name(folder.name + ".old"), folder.with_name(folder.name + ".tmp"))
+    manager.remove_leftovers()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["iter_000000005", LATEST]
+    loaded = empty_like_state(make_state(5))
+    manager.load(manager.latest(), loaded)
+    assert torch.equal(loaded["model"]["net.w"], make_state(5)["model"]["net.w"])

@@ -12,12 +12,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.train import optim
@@ -142,7 +144,11 @@ def test_a_hostile_checkpoint_is_refused_and_runs_nothing(dataset, two_step_run,
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_is_unharmed(dataset, reference, tmp_path):
     first = launch(dataset, tmp_path, "shared", STEPS, 3)
-    time.sleep(1.0)
+    lock = run_folder(tmp_path, "shared") / LOCK_FILE
+    deadline = time.monotonic() + 60
+    while f'"pid": {first.pid}' not in (lock.read_text() if lock.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the first run is past its start, as a second command typed later would find it
     second = run(dataset, tmp_path, "shared", STEPS, 3)
     assert second.returncode == 2, second.stderr
     line = error_line(second)
@@ -214,12 +220,18 @@ def test_a_recipe_change_on_resume_is_refused_unless_allowed(dataset, two_step_r
     assert "train.lr (0.001 -> 0.002)" in line and "train.weight_decay" in line and "--allow-recipe-change" in line
     assert (folder / "recipe.toml").read_text() == recipe_before and steps_logged(folder) == [1, 2]
 
-    allowed = run(dataset, tmp_path, "base", 3, 3, "--set", "train.lr=0.002", "--allow-recipe-change")
+    allowed = run(dataset, tmp_path, "base", 3, 3, "--set", "train.lr=0.002", "--set", "train.weight_decay=0.01",
+                  "--allow-recipe-change")
     assert allowed.returncode == 0, allowed.stderr
-    assert "train.lr" in allowed.stderr  # said so
+    assert "train.lr" in allowed.stderr and "train.weight_decay" in allowed.stderr  # said so
     step3 = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
     assert step3["step"] == 3 and step3["lr"] == 0.002 * optim.lr_factor(2, 0)
-    assert json.loads((folder / RECIPE_RECORD).read_text())["train.lr"] == 0.002
+    dcp_to_torch_save(folder / "checkpoints" / "iter_000000003" / "optim", tmp_path / "optim.pt")
+    groups = torch.load(tmp_path / "optim.pt", weights_only=True)
+    decays = {v for k, v in groups.items() if k.endswith(".weight_decay")}
+    assert decays == {0.01}, decays
+    recorded = json.loads((folder / RECIPE_RECORD).read_text())
+    assert recorded["train.lr"] == 0.002 and recorded["train.weight_decay"] == 0.01
     assert "lr = 0.002" in (folder / "recipe.toml").read_text()
 
 
@@ -373,11 +385,28 @@ def test_leftovers_of_killed_writes_are_removed_at_start(dataset, two_step_run, 
              folder / "checkpoints" / f".latest_checkpoint.txt.{dead.pid}.0123456789ab.tmp"]
     for path in stray:
         path.write_text("half")
-    (folder / "checkpoints" / "iter_000000003.tmp" / "model").mkdir(parents=True)
+    # An interrupted save's staging folder, and the set-aside copy of a checkpoint that was then published.
+    leftovers = [folder / "checkpoints" / "iter_000000099.tmp", folder / "checkpoints" / "iter_000000002.old"]
+    for path in leftovers:
+        (path / "model").mkdir(parents=True)
     live = folder / f".recipe.toml.{os.getpid()}.0123456789ab.tmp"  # a live writer's file is left alone
     live.write_text("being written")
     result = run(dataset, tmp_path, "base", 3, 3)
     assert result.returncode == 0, result.stderr
-    assert not any(path.exists() for path in stray) and live.exists()
-    assert not (folder / "checkpoints" / "iter_000000003.tmp").exists()
-    assert (folder / "checkpoints" / "iter_000000003").is_dir()
+    assert not any(path.exists() for path in stray + leftovers) and live.exists()
+    assert [p.name for _, p in complete_checkpoints(folder / "checkpoints")] == ["iter_000000002", "iter_000000003"]
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_sigterm_stops_every_rank_at_the_same_step_with_one_checkpoint(dataset, tmp_path):
+    folder = run_folder(tmp_path, "ranks")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                             "cosmos_engine.cli", *run_args(dataset, "ranks", 1000, 1000)], env=env_for(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_step(proc, folder, 2)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, stderr = proc.communicate(timeout=120)
+    (line,) = [line for line in stderr.splitlines() if "stopped by SIGTERM" in line]  # rank 0 says it
+    step = int(line.split(" at step ")[1].split(";")[0])
+    assert [p.name for _, p in complete_checkpoints(folder / "checkpoints")] == [f"iter_{step:09d}"]
+    assert steps_logged(folder) == list(range(1, step + 1))

@@ -113,14 +113,7 @@ def _build_table(where: str, table: str, cls: type, values: dict[str, Any]) -> A
 
 def _validate(recipe: schema.Recipe, where: typing.Callable[[str], str]) -> None:
     """Rules that involve the value more than its type. `where("table.key")` names the value's source."""
-    data = recipe.data
-    if data.num_frames % 4 != 1:
-        raise RecipeError(f"{where('data.num_frames')}: data.num_frames = {data.num_frames} is invalid: "
-                          "the causal VAE needs 1 + 4k frames (e.g. 93)")
-    for key in ("height", "width"):
-        if getattr(data, key) % 16:
-            raise RecipeError(f"{where('data.' + key)}: data.{key} = {getattr(data, key)} is invalid: "
-                              "expected a multiple of 16 (8x VAE downsampling, then 2x2 patches)")
+    _check_video_size("data", recipe.data, where)
     for key in ("project", "group", "name"):  # each is one level of the run folder, which must stay under the root
         value = getattr(recipe.job, key)
         if value in ("", ".", "..") or "/" in value:
@@ -129,16 +122,22 @@ def _validate(recipe: schema.Recipe, where: typing.Callable[[str], str]) -> None
     validate_infer(recipe.infer, where)
 
 
+def _check_video_size(table: str, cfg: schema.DataConfig | schema.InferConfig,
+                      where: typing.Callable[[str], str]) -> None:
+    """num_frames, height and width of a [data] or [infer] table, as the VAE and the patching need them."""
+    if cfg.num_frames % 4 != 1:
+        raise RecipeError(f"{where(table + '.num_frames')}: {table}.num_frames = {cfg.num_frames} is invalid: the "
+                          "causal VAE needs 1 + 4k frames (e.g. 93)")
+    for key in ("height", "width"):
+        if getattr(cfg, key) % 16:
+            raise RecipeError(f"{where(table + '.' + key)}: {table}.{key} = {getattr(cfg, key)} is invalid: "
+                              "expected a multiple of 16 (8x VAE downsampling, then 2x2 patches)")
+
+
 def validate_infer(cfg: schema.InferConfig, where: typing.Callable[[str], str]) -> None:
     """The rules of an [infer] table that involve more than one value's type (files are not looked at:
     a recipe may name inputs made later); RecipeError naming the key."""
-    if cfg.num_frames % 4 != 1:
-        raise RecipeError(f"{where('infer.num_frames')}: infer.num_frames = {cfg.num_frames} is invalid: the causal "
-                          "VAE needs 1 + 4k frames (e.g. 93)")
-    for key in ("height", "width"):
-        if getattr(cfg, key) % 16:
-            raise RecipeError(f"{where('infer.' + key)}: infer.{key} = {getattr(cfg, key)} is invalid: "
-                              "expected a multiple of 16")
+    _check_video_size("infer", cfg, where)
     latent_frames = 1 + (cfg.num_frames - 1) // 4
     conditional = where("infer.num_conditional_frames")
     if cfg.num_conditional_frames > latent_frames:

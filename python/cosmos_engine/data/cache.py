@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -180,19 +180,21 @@ class LatentCache:
         return LatentKey(record.sha256, start, dataset.num_frames, dataset.height, dataset.width, vae_identity)
 
     def build(self, dataset: VideoWindowDataset, vae: VideoEncoder, text_encoder: TextEncoder, *,
-              device: torch.device | str = "cpu", num_workers: int = 0, rank: int = 0, world_size: int = 1) -> BuildStats:
+              device: torch.device | str = "cpu", num_workers: int = 0, rank: int = 0, world_size: int = 1,
+              worker_init_fn: Callable[[int], None] | None = None) -> BuildStats:
         """Encode every missing or unreadable entry of `dataset`'s windows and captions.
 
-        With several ranks each encodes every world_size-th missing entry; the caller must wait for all
+        With several ranks each checks and encodes every world_size-th entry; the caller must wait for all
         ranks (a barrier) before training reads the cache. A CPU decoder runs in `num_workers` DataLoader
         workers while the VAE encodes, under `torch.inference_mode`.
         """
         stats = BuildStats()
         windows = [(i, start) for i, record in enumerate(dataset.records)
                    for start in window_starts(record.frames, dataset.num_frames)]
-        todo = [(i, start) for i, start in windows
+        # Each rank takes every world_size-th window of the whole list, then encodes those it finds missing:
+        # splitting the missing ones instead would race with the entries other ranks are writing meanwhile.
+        todo = [(i, start) for i, start in windows[rank::world_size]
                 if self._needed(self.latent_key(dataset.records[i], start, dataset, vae.identity), stats)]
-        todo = todo[rank::world_size]
         if rank == 0:
             stats.pruned = self._prune({record.sha256 for record in dataset.records})
             self._remove_leftovers()
@@ -202,7 +204,7 @@ class LatentCache:
             device = torch.device(device)
             on_cpu = dataset.decoder.device.type == "cpu"  # a GPU decoder cannot run in forked workers
             videos = DataLoader(_WindowVideos(dataset, todo), batch_size=1, num_workers=num_workers if on_cpu else 0,
-                                pin_memory=device.type == "cuda" and on_cpu)
+                                pin_memory=device.type == "cuda" and on_cpu, worker_init_fn=worker_init_fn)
             with torch.inference_mode():
                 for (i, start), video in tqdm(zip(todo, videos), total=len(todo), desc="caching latents",
                                               unit="window", disable=None):
@@ -230,7 +232,7 @@ class LatentCache:
     def _encode_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, rank: int, world_size: int,
                      stats: BuildStats) -> None:
         prompts = sorted({record.prompt for record in dataset.records})
-        todo = [p for p in prompts if self._needed(TextKey(p, text_encoder.identity), stats)][rank::world_size]
+        todo = [p for p in prompts[rank::world_size] if self._needed(TextKey(p, text_encoder.identity), stats)]
         with torch.inference_mode():
             for prompt in todo:
                 self.store(TextKey(prompt, text_encoder.identity), text_encoder.encode([prompt])[0])

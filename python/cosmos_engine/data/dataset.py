@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -262,7 +261,8 @@ class TimedLoader:
 
 
 def build_loader(dataset: Dataset, sampler: WindowSampler, *, batch_size: int, num_workers: int,
-                 device: torch.device | None = None) -> TimedLoader:
+                 device: torch.device | None = None,
+                 worker_init_fn: Callable[[int], None] | None = None) -> TimedLoader:
     """A TimedLoader with worker processes and pinned memory where they help.
 
     Workers are persistent (the official respawns 4 of them at every tiny epoch, §3.4). Memory is pinned
@@ -277,12 +277,5 @@ def build_loader(dataset: Dataset, sampler: WindowSampler, *, batch_size: int, n
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available() and not on_gpu, drop_last=True,
                         persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None,
-                        worker_init_fn=_ignore_stop_signals)
+                        worker_init_fn=worker_init_fn)
     return TimedLoader(loader, sampler, batch_size, device)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave Ctrl-C and SIGTERM (sent to the whole process group) to the main process, which finishes
-    its step and checkpoint with them alive and then shuts them down."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)

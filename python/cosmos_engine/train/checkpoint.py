@@ -59,10 +59,6 @@ def checkpoint_problem(folder: Path, parts: tuple[str, ...] = PARTS, trust_check
     return None
 
 
-def is_complete(folder: Path, parts: tuple[str, ...] = PARTS) -> bool:
-    return checkpoint_problem(folder, parts) is None
-
-
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -189,10 +185,17 @@ class CheckpointManager:
         the run folder's lock calls it, so nothing here is being written."""
         if not self.dir.is_dir():
             return
-        for entry in self.dir.iterdir():
-            if entry.is_dir() and (entry.name.endswith(".tmp") or entry.name.endswith(".old")):
-                log.info("removing %s, left by an interrupted save", entry)
-                shutil.rmtree(entry, ignore_errors=True)
+        for entry in sorted(self.dir.iterdir()):
+            if not entry.is_dir() or not entry.name.endswith((".tmp", ".old")):
+                continue
+            published = self.dir / entry.name.rsplit(".", 1)[0]
+            if entry.name.endswith(".old") and not published.exists():
+                # Killed between moving a checkpoint aside and publishing its replacement: the old one is good.
+                log.warning("restoring %s from %s, left by an interrupted save", published, entry)
+                os.replace(entry, published)
+                continue
+            log.info("removing %s, left by an interrupted save", entry)
+            shutil.rmtree(entry, ignore_errors=True)
         remove_stale_temporaries(self.dir)
 
     def _purge(self) -> None:

@@ -26,6 +26,7 @@ from cosmos_engine.errors import RecipeError
 from cosmos_engine.models.flavors import parameter_dtype, vae_config
 from cosmos_engine.models.text_encoder import TextEncoder, tiny_encoder
 from cosmos_engine.models.wan_vae import WanVAE, load_vae
+from cosmos_engine.train.stop_signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def fill_cache(model_cfg: ModelConfig, data_cfg: DataConfig, device: torch.devic
     cache = LatentCache(dataset_dir)
     if data_cfg.cache == "windows":
         stats = cache.build(videos, vae, text_encoder, device=device, num_workers=data_cfg.num_workers, rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, worker_init_fn=ignore_stop_signals)
     else:  # captions only: they are encoded once per run whatever the setting
         stats = cache.build_text(videos, text_encoder, rank=rank, world_size=world_size)
     return videos, vae, text_encoder.identity, stats
@@ -146,7 +147,7 @@ def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg:
         dataset, online_vae = videos, vae
     sampler = WindowSampler(dataset.all_starts(), seed=seed, rank=rank, world_size=world_size)
     loader = build_loader(dataset, sampler, batch_size=train_cfg.batch_size, num_workers=data_cfg.num_workers,
-                          device=device)
+                          device=device, worker_init_fn=ignore_stop_signals)
     s = vae_config(model_cfg.flavor).spatial_factor
     t = vae_config(model_cfg.flavor).temporal_factor
     latent_thw = (1 + (data_cfg.num_frames - 1) // t, data_cfg.height // s, data_cfg.width // s)

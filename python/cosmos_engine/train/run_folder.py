@@ -1,7 +1,7 @@
 """Owning a run folder: one run at a time, and a resume only with the recipe the checkpoints were trained with.
 
     <run>/run.lock              held with flock for the whole run by rank 0: {"pid", "host", "started"}
-    <run>/training_recipe.json  the recipe values that decide the training result, recorded at the first step
+    <run>/training_recipe.json  the recipe values that decide the training result (`fingerprint`)
     <run>/replaced/<time>/      what `--overwrite` moved aside: the earlier run's checkpoints and records
 
 `claim_run_folder` runs before anything else of a run is written. Rank 0 takes the lock and checks the
@@ -84,6 +84,8 @@ def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 
 def _holder_text(holder: dict) -> str:
+    if not holder:  # the winner of a race has the lock but has not written itself into the file yet
+        return "its holder is starting and not recorded yet"
     return f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('started')}"
 
 
@@ -108,6 +110,10 @@ class RunLock:
             os.close(fd)
             raise RunFolderBusy(f"{self.path.parent}: another run is using this run folder ({_holder_text(holder)}); "
                                 "wait for it to end, stop it, or choose another job.name") from None
+        except OSError as exc:  # e.g. ENOLCK: a network file system mounted without locking
+            os.close(fd)
+            raise UserError(f"{self.path}: cannot lock the run folder ({exc.strerror}); put the output root on a "
+                            "file system with file locks") from None
         previous = _read_holder(fd)
         if previous:
             if previous.get("host") != socket.gethostname():
@@ -170,7 +176,7 @@ def _check_folder(run_dir: Path, recipe: Recipe, options: RunFolderOptions) -> l
     current = fingerprint(recipe)
     record_path = run_dir / RECIPE_RECORD
     if not _has_checkpoints(run_dir):
-        atomic_write(record_path, json.dumps(current, indent=1) + "\n")
+        record_recipe(run_dir, recipe)
         return []
     if not recipe.checkpoint.resume:
         if not options.overwrite:
@@ -179,18 +185,22 @@ def _check_folder(run_dir: Path, recipe: Recipe, options: RunFolderOptions) -> l
                                 f"{run_dir / REPLACED_DIR}/")
         moved = _move_aside(run_dir)
         log.warning("--overwrite: the earlier run's checkpoints and records moved to %s", moved)
-        atomic_write(record_path, json.dumps(current, indent=1) + "\n")
+        record_recipe(run_dir, recipe)
         return []
     try:
         recorded = json.loads(record_path.read_text())
     except FileNotFoundError:
         log.warning("%s: no record of the recipe the checkpoints were trained with; recording the current one",
                     record_path)
-        atomic_write(record_path, json.dumps(current, indent=1) + "\n")
+        record_recipe(run_dir, recipe)
         return []
     except (OSError, ValueError) as exc:
-        raise UserError(f"{record_path}: unreadable ({exc}); it records the recipe the checkpoints were trained "
-                        "with. Restore it, or pass --allow-recipe-change to record the current recipe") from None
+        if not options.allow_recipe_change:
+            raise UserError(f"{record_path}: unreadable ({exc}); it records the recipe the checkpoints were trained "
+                            "with. Restore it, or pass --allow-recipe-change to record the current recipe") from None
+        log.warning("%s: unreadable (%s); --allow-recipe-change: recording the current recipe", record_path, exc)
+        record_recipe(run_dir, recipe)
+        return []
     changed = changed_keys(recorded, current)
     if changed and not options.allow_recipe_change:
         shown = ", ".join(f"{key} ({recorded.get(key)!r} -> {current.get(key)!r})" for key in changed)
@@ -198,27 +208,38 @@ def _check_folder(run_dir: Path, recipe: Recipe, options: RunFolderOptions) -> l
                             "start a new run with --set checkpoint.resume=false and another job.name, or pass "
                             "--allow-recipe-change to resume with the new values")
     if changed:
-        log.warning("--allow-recipe-change: resuming with new values for %s (applied from the next step)",
-                    ", ".join(changed))
-        atomic_write(record_path, json.dumps(current, indent=1) + "\n")
+        log.warning("--allow-recipe-change: resuming with new values for %s (applied from the next step; "
+                    "recorded once the checkpoint has loaded)", ", ".join(changed))
     return changed
 
 
-def _share_outcome(error: UserError | None, changed: list[str]) -> list[str]:
-    """Rank 0's outcome to every rank: each raises the same error, or all go on with the same changed keys."""
+def record_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Record `recipe` as the one the run folder's checkpoints are trained with (rank 0)."""
+    atomic_write(run_dir / RECIPE_RECORD, json.dumps(fingerprint(recipe), indent=1) + "\n")
+
+
+def _share_outcome(error: Exception | None, changed: list[str]) -> list[str]:
+    """Rank 0's outcome to every rank: each raises the same user error, or all go on with the same changed
+    keys. A bug on rank 0 keeps its traceback there; the other ranks stop with one line pointing to it."""
     outcome = [type(error).__name__ if error else None, str(error) if error else None, changed]
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(outcome, src=0)
     kind, message, changed = outcome
+    if error is not None and not isinstance(error, UserError):
+        raise error
     if kind is not None:
-        raise {cls.__name__: cls for cls in (RunFolderBusy, RecipeChanged)}.get(kind, UserError)(message)
+        user_errors = {cls.__name__: cls for cls in (RunFolderBusy, RecipeChanged, UserError)}
+        if kind not in user_errors:
+            raise UserError(f"rank 0 failed while claiming the run folder ({kind}: {message}); see its traceback")
+        raise user_errors[kind](message)
     return changed
 
 
 @contextlib.contextmanager
 def claim_run_folder(run_dir: Path, recipe: Recipe, options: RunFolderOptions, is_main: bool) -> Iterator[list[str]]:
     """Hold the run folder for the block (lock, resume policy, resolved recipe written); yields the recipe
-    keys whose new values the resume applies (empty unless --allow-recipe-change found changes)."""
+    keys whose new values the resume applies (empty unless --allow-recipe-change found changes; the caller
+    records the new recipe with `record_recipe` once the checkpoint has loaded)."""
     lock = RunLock(run_dir)
     changed: list[str] = []
     error = None
@@ -227,7 +248,7 @@ def claim_run_folder(run_dir: Path, recipe: Recipe, options: RunFolderOptions, i
             lock.acquire()
             changed = _check_folder(run_dir, recipe, options)
             write_resolved(recipe, run_dir)
-        except UserError as exc:
+        except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised
             lock.release()
             error = exc
     changed = _share_outcome(error, changed)

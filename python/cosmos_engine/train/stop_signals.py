@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from types import FrameType
 
 import torch
 import torch.distributed as dist
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """The init of every DataLoader worker of a run: the stop signals (Ctrl-C and SIGTERM reach the whole
+    process group) are the main process's to act on; it finishes its step and checkpoint with the workers
+    alive, then shuts them down. Forked workers would otherwise run the main process's handler too."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class RunStopped(Exception):
@@ -46,15 +53,16 @@ class StopRequests:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # os.write, not print: the signal may land while the progress bar or a log line is writing to stderr,
+        # and a buffered write re-entered from a handler raises.
         if self.signum and signum == signal.SIGINT:
-            print("cosmos-engine run: second Ctrl-C: aborting now; the last saved checkpoint is intact",
-                  file=sys.stderr, flush=True)
+            os.write(2, b"cosmos-engine run: second Ctrl-C: aborting now; the last saved checkpoint is intact\n")
             os._exit(128 + signum)
         if not self.signum:
             self.signum = signum
-            print(f"cosmos-engine run: {signal.Signals(signum).name} received: stopping after this step with a "
-                  "checkpoint" + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""),
-                  file=sys.stderr, flush=True)
+            again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+            os.write(2, f"cosmos-engine run: {signal.Signals(signum).name} received: stopping at the end of the "
+                        f"current step with a checkpoint{again}\n".encode())
 
     def requested(self) -> int:
         """The signal that asked to stop (0: none); under torchrun any rank's request counts for all."""

@@ -45,7 +45,7 @@ from cosmos_engine.train import optim, step as step_lib
 from cosmos_engine.train.checkpoint import CheckpointManager
 from cosmos_engine.train.data import TrainingData, build_training_data
 from cosmos_engine.train.metrics import MetricsProcessor, StepTimes, dit_forward_flops
-from cosmos_engine.train.run_folder import RunFolderOptions, claim_run_folder
+from cosmos_engine.train.run_folder import RunFolderOptions, claim_run_folder, record_recipe
 from cosmos_engine.train.stop_signals import RunStopped, StopRequests, signal_name
 
 log = logging.getLogger(__name__)
@@ -133,13 +133,12 @@ def post_train(recipe: Recipe, run_dir: Path, *, trust_checkpoint: bool = False,
     own checkpoints (see cosmos_engine/dcp_io.py). Raises RunStopped after a stop signal's checkpoint."""
     dist_info = setup_distributed()
     with claim_run_folder(run_dir, recipe, folder_options, dist_info.is_main) as changed:
-        if changed:
-            log.info("resuming with the recipe's new values of %s", ", ".join(changed))
         with StopRequests(dist_info.device) as stop:
-            return _train(recipe, run_dir, dist_info, stop, trust_checkpoint)
+            return _train(recipe, run_dir, dist_info, stop, trust_checkpoint, changed)
 
 
-def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequests, trust_checkpoint: bool) -> dict:
+def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequests, trust_checkpoint: bool,
+           changed: list[str]) -> dict:
     job, model_cfg, data_cfg, train_cfg, ckpt_cfg = recipe.job, recipe.model, recipe.data, recipe.train, recipe.checkpoint
     manager = CheckpointManager(run_dir / "checkpoints", ckpt_cfg.keep_last, trust_checkpoint)
     if dist_info.is_main:
@@ -172,6 +171,8 @@ def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequ
         start = int(state["trainer"]["iteration"])
         data.load_state_dict({k: int(v) for k, v in state["trainer"]["data"].items()})
         log.info("resumed from %s at step %d", latest, start)
+    if changed and dist_info.is_main:  # --allow-recipe-change, and the checkpoint took the new values
+        record_recipe(run_dir, recipe)
 
     flops = dit_forward_flops(dit_config(model_cfg.flavor), data.latent_thw, data.text_tokens)
     metrics = MetricsProcessor(run_dir, dist_info.device, flops, data.tokens_per_sample, dist_info.world_size,
