@@ -373,3 +373,15 @@ def test_run_checkpoint_path_names_the_latest_converted_ema_file(recipe, tmp_pat
     save_checkpoints(checkpoints, 10)  # a newer checkpoint, not converted yet
     with pytest.raises(CheckpointError, match="iter_000000010/model_ema_fp32.pt: the run's latest checkpoint is not"):
         convert.run_ema_file(recipe)
+
+
+def test_a_killed_conversion_s_temporary_is_removed_by_the_next(tmp_path):
+    import subprocess
+
+    run = make_run(tmp_path)
+    iteration = run / "checkpoints" / "iter_000000010"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (iteration / f".model.pt.{dead.pid}.0123456789ab.tmp").write_bytes(b"half a file")
+    convert.convert_checkpoint(iteration)
+    assert stray_files(iteration) == []

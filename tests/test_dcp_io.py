@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import pickle
 import pickletools
@@ -46,10 +47,19 @@ def test_metadata_naming_a_callable_is_refused_before_it_runs(tmp_path, capsys):
     assert "this must not run" not in capsys.readouterr().out
 
 
-def test_a_pickled_object_entry_needs_trust_and_a_garbage_one_is_called_damaged(tmp_path):
-    folder = save(tmp_path / "ck", {"w": torch.zeros(2), "obj": PickleThatRunsCode()})
+class CallsOsFunction:
+    def __reduce__(self):
+        return (os.getcwd, ())  # torch words its refusal of a blocked module differently from print's
+
+
+@pytest.mark.parametrize("payload", [PickleThatRunsCode(), CallsOsFunction()], ids=["builtins", "os"])
+def test_a_pickled_object_entry_needs_trust(tmp_path, payload):
+    folder = save(tmp_path / "ck", {"w": torch.zeros(2), "obj": payload})
     with pytest.raises(UntrustedContent, match="'obj' hold pickled objects.*--trust-checkpoint"):
         load_dcp({"w": torch.empty(2), "obj": None}, folder)
+
+
+def test_a_garbage_entry_is_called_damaged(tmp_path):
 
     folder = save(tmp_path / "ck2", {"w": torch.zeros(2), "n": 7})
     (shard,) = folder.glob("*.distcp")

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from cosmos_engine.atomic import atomic_path, unwritable_reason
+from cosmos_engine.atomic import atomic_path, remove_stale_temporaries, unwritable_reason
 from cosmos_engine.checksum import file_sha256, sidecar_path, write_sidecar
 from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
@@ -166,6 +166,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
                               f"to write {MODEL_FILE} only")
 
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # what a killed earlier conversion left half-written
     written = [_save_atomic(state, out / MODEL_FILE)]
     if ema:
         written.append(_save_atomic(ema_state, out / EMA_FP32_FILE))

@@ -113,9 +113,9 @@ class _SafePlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, weights_only=not self._trust)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            # torch's weights_only loader says "Unsupported global" for an object it will not build; anything
-            # else (an unknown opcode, a truncated stream) is damage, which trusting the file would not cure
-            (self.refused if "Unsupported global" in str(exc) else self.unreadable).append(key)
+            # torch's weights_only loader names the pickle GLOBAL it will not build (in more than one wording);
+            # anything else (an unknown opcode, a truncated stream) is damage that trust would not cure
+            (self.refused if "GLOBAL" in str(exc) else self.unreadable).append(key)
             return
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[key], obj)

@@ -4,6 +4,7 @@ bitwise as if nothing had happened."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -144,12 +145,9 @@ def test_a_hostile_checkpoint_is_refused_and_runs_nothing(dataset, two_step_run,
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_is_unharmed(dataset, reference, tmp_path):
     first = launch(dataset, tmp_path, "shared", STEPS, 3)
-    lock = run_folder(tmp_path, "shared") / LOCK_FILE
-    deadline = time.monotonic() + 60
-    while f'"pid": {first.pid}' not in (lock.read_text() if lock.exists() else "") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # the first run is past its start, as a second command typed later would find it
-    second = run(dataset, tmp_path, "shared", STEPS, 3)
+    time.sleep(1.0)
+    with paused_lock_holder(run_folder(tmp_path, "shared"), [first]):  # still running when the second tries
+        second = run(dataset, tmp_path, "shared", STEPS, 3)
     assert second.returncode == 2, second.stderr
     line = error_line(second)
     assert str(run_folder(tmp_path, "shared")) in line and f"pid {first.pid} on host {socket.gethostname()}" in line
@@ -162,12 +160,34 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_is_unharmed(data
 @pytest.mark.slow
 def test_two_runs_started_together_one_wins(dataset, reference, tmp_path):
     procs = [launch(dataset, tmp_path, "race", STEPS, 3) for _ in range(2)]
-    outcomes = [(proc.wait(timeout=300), proc.stderr.read()) for proc in procs]
-    assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
-    loser = next(err for code, err in outcomes if code == 2)
-    assert "another run is using this run folder" in loser and "Traceback" not in loser
+    with paused_lock_holder(run_folder(tmp_path, "race"), procs) as winner:
+        loser = next(proc for proc in procs if proc is not winner)
+        assert loser.wait(timeout=300) == 2
+    assert winner.wait(timeout=300) == 0, winner.stderr.read()
+    stderr = loser.stderr.read()
+    assert "another run is using this run folder" in stderr and "Traceback" not in stderr
     assert steps_logged(run_folder(tmp_path, "race")) == list(range(1, STEPS + 1))
     assert_same_weights(final_weights(tmp_path, "race", STEPS), reference)
+
+
+@contextlib.contextmanager
+def paused_lock_holder(folder: Path, procs: list[subprocess.Popen]):
+    """Wait until one of `procs` holds the folder's lock, keep it stopped (SIGSTOP) for the block, yield it.
+    A stopped process keeps its lock, so what the block does meets a busy folder whatever the timing."""
+    lock, deadline = folder / LOCK_FILE, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = lock.read_text() if lock.exists() else ""
+        holder = next((proc for proc in procs if f'"pid": {proc.pid}' in text), None)
+        if holder is not None:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"no run took the lock {lock}")
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        yield holder
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
 
 
 def test_a_held_lock_names_its_holder(tmp_path):

@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cosmos_engine.atomic import atomic_path, unwritable_reason
+from cosmos_engine.atomic import atomic_path, remove_stale_temporaries, unwritable_reason
 from cosmos_engine.config.load import validate_infer
 from cosmos_engine.config.schema import InferConfig, ModelConfig
 from cosmos_engine.convert import RUN_PREFIX, run_ema_file
@@ -413,6 +413,7 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
         frames = to_uint8_frames(video)
         out_dir = Path(cfg.output_dir).expanduser()
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # what a killed earlier infer left half-written
         video_path = write_mp4(out_dir / f"{name}.mp4", frames, cfg.fps)
         preview_path = write_preview(out_dir / f"{name}.png", frames)
         log.info("%s: %d frames %dx%d at %g fps -> %s", name, len(frames), cfg.width, cfg.height, cfg.fps, video_path)
