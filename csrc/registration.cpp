@@ -72,4 +72,14 @@ TORCH_LIBRARY(cosmos_engine, m) {
   m.def(
       "rmsnorm_rope_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor? cos, Tensor? sin, Tensor rstd) "
       "-> (Tensor grad_x, Tensor grad_weight)");
+
+  // Non-causal softmax attention without mask: out = softmax(q k^T / sqrt(D)) v over q [B, Lq, H, D] and
+  // k, v [B, Lk, H, D], read in place through their strides; fp32 math (fp64 for fp64), out in q's
+  // dtype. lse [B, H, Lq] in the accumulation dtype is log sum_j exp(q.k_j / sqrt(D)), saved for the
+  // backward. CPU: a flash-style tiled kernel; CUDA: flash-attn-4 or SDPA, registered from Python.
+  m.def("attention_fwd(Tensor q, Tensor k, Tensor v) -> (Tensor out, Tensor lse)");
+  // Gradients of attention_fwd w.r.t. q, k and v from its saved out and lse (probabilities recomputed).
+  m.def(
+      "attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse) "
+      "-> (Tensor dq, Tensor dk, Tensor dv)");
 }

@@ -52,9 +52,12 @@ def _info(args: argparse.Namespace) -> int:
 
     info = build_info()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    attn = {"cpu": attention_backend(torch.device("cpu"), torch.float32)}
-    if devices:
-        attn["cuda"] = attention_backend(torch.device("cuda"), torch.bfloat16)
+    # The attention implementation per visible device and dtype (head dim 128, the 2B model's).
+    attn = {f"cpu {dtype}": attention_backend(torch.device("cpu"), getattr(torch, dtype))
+            for dtype in ("float32", "bfloat16")}
+    for i in range(len(devices)):
+        for dtype in ("bfloat16", "float16", "float32"):
+            attn[f"cuda:{i} {dtype}"] = attention_backend(torch.device("cuda", i), getattr(torch, dtype))
     report = {"build": info, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
               "cuda_devices": devices, "cpu_threads": torch.get_num_threads(), "attention_backend": attn}
     if args.json:
@@ -72,7 +75,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  extension     not loaded: {info['why']} (ops use the PyTorch reference)")
     print(f"  torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'}), {torch.get_num_threads()} CPU threads")
     print(f"  GPUs          {', '.join(devices) if devices else 'none'}")
-    print("  attention     " + ", ".join(f"{dev}: {name}" for dev, name in attn.items()))
+    for key, name in attn.items():
+        print(f"  attention     {key}: {name}")
     return 0
 
 

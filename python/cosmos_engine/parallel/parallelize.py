@@ -7,7 +7,8 @@ Activation checkpointing is switched by the recipe's `[model] activation_checkpo
   FLOPs at video lengths (about 85 % at 720p) while its output is only [B, L, D], so backward recomputes
   just the cheap ops. The official 2B recipe's policy ("predict2_2b_720_aggressive") means the same but
   matches only FlashAttention op names, so under SDPA it recomputes everything; ours recognises every
-  attention op that `ops.attention` dispatches to (SDPA's fused kernels, flash-attn ops, our own).
+  attention op `ops.attention` can dispatch to: our `cosmos_engine::attention_fwd`, which is the same op on
+  the CPU (our kernel) and on CUDA (flash-attn-4 or SDPA inside it), and SDPA/flash-attn ops for the rest.
 
 The wrapper is torch's `checkpoint_wrapper` (non-reentrant, RNG state not preserved: the DiT has no
 dropout), placed on every block and the final layer as the official network does. `state_dict()` keys stay
@@ -32,8 +33,11 @@ MODES: tuple[Mode, ...] = ("none", "full", "selective")
 
 
 def is_attention_op(func) -> bool:
-    """Whether a dispatched op is an attention kernel whose outputs selective checkpointing keeps."""
+    """Whether a dispatched op is a forward attention kernel whose outputs selective checkpointing keeps
+    (`cosmos_engine.attention_fwd` on every device; backward ops are not forward calls)."""
     name = str(func)
+    if "backward" in name or "_bwd" in name:
+        return False
     return (name.startswith("aten._scaled_dot_product_") or "flash_attn" in name
             or (name.startswith("cosmos_engine.") and "attention" in name))
 

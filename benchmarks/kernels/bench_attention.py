@@ -1,0 +1,129 @@
+"""Benchmark attention on the CPU: our kernel vs torch SDPA vs the explicit-softmax reference.
+
+Shapes: self-attention at L = 3520 and 14080 (one and four latent frames at 720p) and cross-attention
+Lq = 3520, Lk = 512 (text tokens); B = 1, H = 2, D = 128 (two of the 2B model's 16 heads). fp32 and bf16,
+forward and forward+backward. GFLOP/s counts 4 * Lq * Lk * D * B * H for the forward and 2.5 times that
+for the backward (FlashAttention's convention: the five GEMMs of a backward that keeps P), and is also
+reported as a fraction of the fp32 `torch.mm` 2048 x 2048 rate measured in this same process. Peak memory
+is the growth of the process's peak RSS (VmHWM) during a provider's first call (an underestimate when
+earlier providers left reusable free memory in the malloc arenas); the reference, which builds
+the L x L matrix, runs last and is skipped at 14080 tokens (its fp32 score matrix alone is 1.6 GB per head).
+
+    python benchmarks/kernels/bench_attention.py [--tokens 3520 14080] [--dtypes float32 bfloat16] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.common import median, print_table, reexec_with_malloc_tuning, time_fn, write_result  # noqa: E402
+from cosmos_engine import ops  # noqa: E402
+from cosmos_engine.ops import reference  # noqa: E402
+
+HEADS, HEAD_DIM, TEXT_TOKENS = 2, 128, 512
+REFERENCE_MAX_TOKENS = 4096
+
+
+def ours(q, k, v):
+    with ops.force_backend("cpu"):
+        return ops.attention(q, k, v)
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+PROVIDERS = {"ours": ours, "sdpa": sdpa, "reference": reference.attention}
+
+
+def peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def gemm_rate(device: torch.device) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048**3 / median(time_fn(lambda: torch.mm(a, b), device, warmup=3, reps=10))
+
+
+def time_mode(fn, q, k, v, mode: str, reps: int) -> tuple[float, int]:
+    device = q.device
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(q, k, v)
+    else:
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        grad_out = torch.randn_like(q)
+
+        def step():
+            torch.autograd.grad(fn(*leaves), leaves, grad_out)
+    reset_peak_rss()  # the first call's growth: later calls reuse what it left in the malloc arenas
+    before = peak_rss()
+    step()
+    seconds = median(time_fn(step, device, warmup=1, reps=reps, min_cpu_reps=reps))
+    return seconds, peak_rss() - before
+
+
+def main() -> None:
+    reexec_with_malloc_tuning()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[3520, 14080], help="self-attention lengths")
+    parser.add_argument("--cross", type=int, nargs="+", default=[3520], help="query lengths of cross-attention")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    load_before = os.getloadavg()
+    gemm = gemm_rate(device)
+    shapes = [("self", n, n) for n in args.tokens] + [("cross", n, TEXT_TOKENS) for n in args.cross]
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        for kind, q_len, kv_len in shapes:
+            gen = torch.Generator().manual_seed(0)
+            q = torch.randn(1, q_len, HEADS, HEAD_DIM, generator=gen).to(dtype)
+            k = torch.randn(1, kv_len, HEADS, HEAD_DIM, generator=gen).to(dtype)
+            v = torch.randn(1, kv_len, HEADS, HEAD_DIM, generator=gen).to(dtype)
+            fwd_flop = 4 * q_len * kv_len * HEAD_DIM * HEADS
+            for mode in ("fwd", "fwd+bwd"):
+                flop = fwd_flop * (1 if mode == "fwd" else 3.5)
+                row = {"dtype": dtype_name, "kind": kind, "Lq": q_len, "Lk": kv_len, "mode": mode}
+                for name, fn in PROVIDERS.items():
+                    if name == "reference" and max(q_len, kv_len) > REFERENCE_MAX_TOKENS:
+                        continue
+                    seconds, peak = time_mode(fn, q, k, v, mode, args.reps)
+                    row[f"{name}_ms"] = seconds * 1e3
+                    row[f"{name}_GFLOPs"] = flop / seconds / 1e9
+                    row[f"{name}_peak_MB"] = peak / 2**20
+                row["vs_sdpa"] = row["sdpa_ms"] / row["ours_ms"]
+                row["ours_frac_gemm"] = row["ours_GFLOPs"] * 1e9 / gemm
+                rows.append(row)
+    load = {"before": load_before, "after": os.getloadavg()}
+    path = write_result("attention", device, {
+        "op": "attention", "heads": HEADS, "head_dim": HEAD_DIM, "gemm_2048_fp32_GFLOPs": gemm / 1e9,
+        "flop_convention": "fwd 4*Lq*Lk*D*H; fwd+bwd 3.5x that", "load_average_1_5_15min": load, "rows": rows,
+    })
+    print(f"{torch.get_num_threads()} threads, fp32 torch.mm 2048^2: {gemm / 1e9:.1f} GFLOP/s; load average "
+          f"before {load_before[0]:.1f}, after {load['after'][0]:.1f} (other processes skew timings)")
+    print_table(rows, ["dtype", "kind", "Lq", "Lk", "mode", "ours_ms", "sdpa_ms", "reference_ms", "vs_sdpa",
+                       "ours_GFLOPs", "ours_frac_gemm", "ours_peak_MB", "sdpa_peak_MB", "reference_peak_MB"])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

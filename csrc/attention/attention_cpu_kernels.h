@@ -1,0 +1,390 @@
+// CPU kernels of attention, compiled once per instruction set (attention_cpu_isa.cpp is built as a
+// baseline x86-64 object and again with AVX2+FMA; attention_cpu.cpp picks one at run time). Everything
+// lives in the namespace COSMOS_CPU_ISA so the copies do not collide.
+//
+// Each (batch, head) slice is a set of small GEMMs on fp32 (fp64 for fp64) tiles. K, V (and in the
+// backward Q and dO) are first packed per slice into the accumulation type, zero-padded to whole tiles
+// and to D rounded up to 16: rows [L, Dp] for operands read along D, panels [L/16, Dp, 16] for operands
+// read across keys. That converts bf16/fp16 once, reads the [B, L, H, D] inputs in place through their
+// strides, and lets one register-blocked micro-kernel (6 rows x 16 columns: 12 AVX2 accumulators) serve
+// every product without edge cases. Extra memory: the packed copies, O(B * H * L * D), never an L x L
+// matrix; scores live in per-thread [kBlockQ, kBlockK] tiles.
+//
+// Forward: tasks (b, h, query tile), online softmax over key tiles. Backward, without atomics: dK/dV in
+// tasks (b, h, key tile) looping over query tiles, then dQ in tasks (b, h, query tile) looping over key
+// tiles, both recomputing P from lse. Every output element is summed by one task in a fixed order, so the
+// results do not depend on the thread count.
+#pragma once
+
+#include "attention/attention_math.h"
+#include "attention/attention_params.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#ifndef COSMOS_CPU_ISA
+#error "define COSMOS_CPU_ISA before including attention_cpu_kernels.h"
+#endif
+
+namespace cosmos_engine::attention::COSMOS_CPU_ISA {
+
+constexpr int64_t kMr = 6;    // micro-kernel rows
+constexpr int64_t kNr = 16;   // micro-kernel columns (two AVX2 vectors)
+// Tiles: the score tile (96 x 96 fp32 = 36 KB), a 16-key panel of K (8 KB at D = 128) and 6 query rows
+// (3 KB) stay in L1/L2 while the micro-kernel streams; both are multiples of kMr, kBlockK also of kNr.
+constexpr int64_t kBlockQ = 96;
+constexpr int64_t kBlockK = 96;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// C[kMr, kNr] (+)= sum_k A(i, k) * B[k, 0:kNr] with A(i, k) = a[i * a_rs + k * a_cs] and B rows ldb apart.
+template <typename acc>
+inline void micro_kernel(int64_t kdim, const acc* __restrict__ a, int64_t a_rs, int64_t a_cs,
+                         const acc* __restrict__ b, int64_t ldb, acc* __restrict__ c, int64_t ldc, bool accumulate) {
+  acc r[kMr][kNr];
+  for (int64_t i = 0; i < kMr; ++i)
+    for (int64_t j = 0; j < kNr; ++j) r[i][j] = accumulate ? c[i * ldc + j] : acc(0);
+  for (int64_t k = 0; k < kdim; ++k) {
+    for (int64_t i = 0; i < kMr; ++i) {
+      const acc av = a[i * a_rs + k * a_cs];
+#pragma omp simd
+      for (int64_t j = 0; j < kNr; ++j) r[i][j] += av * b[k * ldb + j];
+    }
+  }
+  for (int64_t i = 0; i < kMr; ++i)
+    for (int64_t j = 0; j < kNr; ++j) c[i * ldc + j] = r[i][j];
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+template <>
+inline void micro_kernel<float>(int64_t kdim, const float* __restrict__ a, int64_t a_rs, int64_t a_cs,
+                                const float* __restrict__ b, int64_t ldb, float* __restrict__ c, int64_t ldc,
+                                bool accumulate) {
+  __m256 r[kMr][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < kMr; ++i) {
+    r[i][0] = accumulate ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
+    r[i][1] = accumulate ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < kdim; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * ldb);
+    const __m256 b1 = _mm256_loadu_ps(b + k * ldb + 8);
+    const float* ak = a + k * a_cs;
+#pragma GCC unroll 6
+    for (int i = 0; i < kMr; ++i) {
+      const __m256 av = _mm256_broadcast_ss(ak + i * a_rs);
+      r[i][0] = _mm256_fmadd_ps(av, b0, r[i][0]);
+      r[i][1] = _mm256_fmadd_ps(av, b1, r[i][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < kMr; ++i) {
+    _mm256_storeu_ps(c + i * ldc, r[i][0]);
+    _mm256_storeu_ps(c + i * ldc + 8, r[i][1]);
+  }
+}
+
+// exp_approx (attention_math.h) on eight lanes.
+inline __m256 exp8(__m256 x) {
+  using namespace exp_const;
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kLow)), _mm256_set1_ps(kHigh));
+  const __m256 round = _mm256_set1_ps(kRound);
+  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(kLog2e), round), round);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), xc));
+  __m256 poly = _mm256_set1_ps(kP0);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP1));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP2));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP3));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP4));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP5));
+  const __m256 e_r = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(poly, r), r, r), _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kLow), _CMP_GE_OQ);
+  return _mm256_and_ps(keep, _mm256_mul_ps(e_r, _mm256_castsi256_ps(bits)));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
+
+// C[m, n] (+)= A[m, kdim] B[kdim, n] (m a multiple of kMr, n of kNr); column panel p of B starts at
+// b + p * b_panel and has rows ldb apart (ldb = kNr, b_panel = kdim * kNr for packed panels; ldb = row
+// length, b_panel = kNr for row-major B).
+template <typename acc>
+void gemm(int64_t m, int64_t n, int64_t kdim, const acc* a, int64_t a_rs, int64_t a_cs, const acc* b, int64_t ldb,
+          int64_t b_panel, acc* c, int64_t ldc, bool accumulate) {
+  for (int64_t p = 0; p < n / kNr; ++p) {
+    for (int64_t i = 0; i < m; i += kMr) {
+      micro_kernel<acc>(kdim, a + i * a_rs, a_rs, a_cs, b + p * b_panel, ldb, c + i * ldc + p * kNr, ldc, accumulate);
+    }
+  }
+}
+
+// rows_pad rows of `dim` elements (rows apart by `stride`) into dst [rows_pad, dp], zero beyond rows/dim.
+template <typename T, typename acc>
+void pack_rows(const T* src, int64_t stride, int64_t rows, int64_t dim, int64_t rows_pad, int64_t dp, acc* dst) {
+  for (int64_t r = 0; r < rows_pad; ++r) {
+    acc* d = dst + r * dp;
+    if (r < rows) {
+      const T* s = src + r * stride;
+      for (int64_t c = 0; c < dim; ++c) d[c] = static_cast<acc>(s[c]);
+      std::fill(d + dim, d + dp, acc(0));
+    } else {
+      std::fill(d, d + dp, acc(0));
+    }
+  }
+}
+
+// The same rows transposed into panels of kNr rows: dst[r / kNr][c][r % kNr] (rows_pad a multiple of kNr).
+template <typename T, typename acc>
+void pack_panels(const T* src, int64_t stride, int64_t rows, int64_t dim, int64_t rows_pad, int64_t dp, acc* dst) {
+  std::fill(dst, dst + rows_pad * dp, acc(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* s = src + r * stride;
+    acc* d = dst + (r / kNr) * dp * kNr + r % kNr;
+    for (int64_t c = 0; c < dim; ++c) d[c * kNr] = static_cast<acc>(s[c]);
+  }
+}
+
+template <typename T>
+const T* slice_ptr(const void* base, const Strides& s, int64_t b, int64_t h) {
+  return static_cast<const T*>(base) + b * s.batch + h * s.head;
+}
+
+// The packed operands of one call: per slice (b, h), `len_pad` rows of dp.
+template <typename acc>
+struct Packed {
+  int64_t len_pad = 0, dp = 0;
+  std::vector<acc> data;
+  Packed(int64_t slices, int64_t len_pad_, int64_t dp_) : len_pad(len_pad_), dp(dp_), data(slices * len_pad_ * dp_) {}
+  acc* slice(int64_t s) { return data.data() + s * len_pad * dp; }
+  const acc* tile(int64_t s, int64_t row0) const { return data.data() + s * len_pad * dp + row0 * dp; }
+};
+
+// Packs `len` rows of every slice of `src` as rows (into `rows`, if given) and as panels (into `panels`,
+// if given), in parallel over (slice, tile of `tile` rows).
+template <typename T, typename acc>
+void pack_all(const Geometry& g, const void* src, const Strides& st, int64_t len, int64_t tile, Packed<acc>* rows,
+              Packed<acc>* panels) {
+  const Packed<acc>& layout = rows ? *rows : *panels;
+  const int64_t tiles = layout.len_pad / tile;
+  at::parallel_for(0, g.batch * g.heads * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task / tiles, r0 = (task % tiles) * tile;
+      const T* p = slice_ptr<T>(src, st, s / g.heads, s % g.heads) + r0 * st.token;
+      const int64_t valid = std::clamp<int64_t>(len - r0, 0, tile);
+      if (rows) pack_rows(p, st.token, valid, g.dim, tile, layout.dp, rows->slice(s) + r0 * layout.dp);
+      if (panels) pack_panels(p, st.token, valid, g.dim, tile, layout.dp, panels->slice(s) + r0 * layout.dp);
+    }
+  });
+}
+
+// One query row of the forward's online softmax over a score tile s[0:kBlockK] whose columns from `cols`
+// on are padding: scores become probabilities (0 on padding), m and l are updated, the row o[0:dp] is
+// rescaled.
+template <typename acc>
+inline void online_softmax_row(acc* __restrict__ s, int64_t cols, acc scale, acc& m, acc& l, acc* __restrict__ o,
+                               int64_t dp) {
+  std::fill(s + cols, s + kBlockK, -std::numeric_limits<acc>::infinity());
+  acc tile_max = -std::numeric_limits<acc>::infinity(), sum = 0;
+  acc m_new;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<acc, float>) {
+    static_assert(kBlockK % 8 == 0);
+    __m256 vmax = _mm256_set1_ps(tile_max);
+    for (int64_t j = 0; j < kBlockK; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
+    tile_max = hmax8(vmax);
+    m_new = running_max(m, tile_max, scale);
+    const __m256 vscale = _mm256_set1_ps(scale), vneg_m = _mm256_set1_ps(-m_new);
+    __m256 vsum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < kBlockK; j += 8) {
+      const __m256 pj = exp8(_mm256_fmadd_ps(_mm256_loadu_ps(s + j), vscale, vneg_m));
+      _mm256_storeu_ps(s + j, pj);
+      vsum = _mm256_add_ps(vsum, pj);
+    }
+    sum = hsum8(vsum);
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < kBlockK; ++j) tile_max = std::max(tile_max, s[j]);
+    m_new = running_max(m, tile_max, scale);
+    for (int64_t j = 0; j < kBlockK; ++j) {
+      s[j] = exp_approx(s[j] * scale - m_new);
+      sum += s[j];
+    }
+  }
+  const acc alpha = exp_approx(m - m_new);
+  l = l * alpha + sum;
+  m = m_new;
+  if (alpha != acc(1)) {
+#pragma omp simd
+    for (int64_t d = 0; d < dp; ++d) o[d] *= alpha;
+  }
+}
+
+template <typename T, typename Unused>
+void fwd_cpu(const FwdParams& p) {
+  using acc = at::opmath_type<T>;
+  const Geometry& g = p.g;
+  const acc scale = static_cast<acc>(p.scale);
+  const int64_t slices = g.batch * g.heads, dp = round_up(g.dim, kNr);
+  Packed<acc> k_panels(slices, round_up(g.kv_len, kBlockK), dp), v_rows(slices, round_up(g.kv_len, kBlockK), dp);
+  pack_all<T, acc>(g, p.k, p.sk, g.kv_len, kBlockK, nullptr, &k_panels);
+  pack_all<T, acc>(g, p.v, p.sv, g.kv_len, kBlockK, &v_rows, nullptr);
+  const int64_t q_tiles = (g.q_len + kBlockQ - 1) / kBlockQ;
+  at::parallel_for(0, slices * q_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> q(kBlockQ * dp), o(kBlockQ * dp), s(kBlockQ * kBlockK), m(kBlockQ), l(kBlockQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t sl = task / q_tiles, b = sl / g.heads, h = sl % g.heads, q0 = (task % q_tiles) * kBlockQ;
+      const int64_t rows = std::min(kBlockQ, g.q_len - q0);
+      pack_rows(slice_ptr<T>(p.q, p.sq, b, h) + q0 * p.sq.token, p.sq.token, rows, g.dim, kBlockQ, dp, q.data());
+      std::fill(o.begin(), o.end(), acc(0));
+      std::fill(m.begin(), m.end(), -std::numeric_limits<acc>::infinity());
+      std::fill(l.begin(), l.end(), acc(0));
+      for (int64_t k0 = 0; k0 < g.kv_len; k0 += kBlockK) {
+        const int64_t cols = std::min(kBlockK, g.kv_len - k0);
+        gemm<acc>(kBlockQ, kBlockK, dp, q.data(), dp, 1, k_panels.tile(sl, k0), kNr, dp * kNr, s.data(), kBlockK, false);
+        // Padding rows (q = 0) keep zero scores and stay out of the softmax; their o rows are never written.
+        for (int64_t i = 0; i < rows; ++i) online_softmax_row(s.data() + i * kBlockK, cols, scale, m[i], l[i], o.data() + i * dp, dp);
+        gemm<acc>(kBlockQ, dp, kBlockK, s.data(), kBlockK, 1, v_rows.tile(sl, k0), dp, kNr, o.data(), dp, true);
+      }
+      T* out = static_cast<T*>(p.out);
+      acc* lse = static_cast<acc*>(p.lse) + sl * g.q_len + q0;
+      for (int64_t i = 0; i < rows; ++i) {
+        const acc inv = acc(1) / l[i];
+        T* dst = out + ((b * g.q_len + q0 + i) * g.heads + h) * g.dim;
+        for (int64_t d = 0; d < g.dim; ++d) dst[d] = static_cast<T>(o[i * dp + d] * inv);
+        lse[i] = log_sum_exp(m[i], l[i]);
+      }
+    }
+  });
+}
+
+// Scores and their gradients for one (query tile, key tile) pair of the backward: s = Q K^T and
+// dpb = dO V^T, then s becomes P (recomputed from lse) and dpb becomes dS = P (dP - dsum). Padding
+// query rows have lse = +inf and padding key columns get score -inf, so P is 0 on both.
+template <typename acc>
+inline void score_grads(const acc* q, const acc* dout, const acc* k_panels, const acc* v_panels, const acc* lse,
+                        const acc* dsum, int64_t cols, int64_t dp, acc scale, acc* s, acc* dpb) {
+  gemm<acc>(kBlockQ, kBlockK, dp, q, dp, 1, k_panels, kNr, dp * kNr, s, kBlockK, false);
+  gemm<acc>(kBlockQ, kBlockK, dp, dout, dp, 1, v_panels, kNr, dp * kNr, dpb, kBlockK, false);
+  for (int64_t i = 0; i < kBlockQ; ++i) {
+    acc* si = s + i * kBlockK;
+    acc* di = dpb + i * kBlockK;
+    std::fill(si + cols, si + kBlockK, -std::numeric_limits<acc>::infinity());  // P = 0 on padding keys
+    const acc lse_i = lse[i], dsum_i = dsum[i];
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<acc, float>) {
+      const __m256 vscale = _mm256_set1_ps(scale), vneg_lse = _mm256_set1_ps(-lse_i), vdsum = _mm256_set1_ps(dsum_i);
+      for (int64_t j = 0; j < kBlockK; j += 8) {
+        const __m256 pj = exp8(_mm256_fmadd_ps(_mm256_loadu_ps(si + j), vscale, vneg_lse));
+        _mm256_storeu_ps(si + j, pj);
+        _mm256_storeu_ps(di + j, _mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(di + j), vdsum)));
+      }
+      continue;
+    }
+#endif
+    for (int64_t j = 0; j < kBlockK; ++j) {
+      const acc pj = prob_from_lse(si[j], scale, lse_i);
+      si[j] = pj;
+      di[j] = grad_score(pj, di[j], dsum_i);
+    }
+  }
+}
+
+template <typename T, typename Unused>
+void bwd_cpu(const BwdParams& p) {
+  using acc = at::opmath_type<T>;
+  const Geometry& g = p.g;
+  const acc scale = static_cast<acc>(p.scale);
+  const int64_t slices = g.batch * g.heads, dp = round_up(g.dim, kNr);
+  const int64_t lq_pad = round_up(g.q_len, kBlockQ), lk_pad = round_up(g.kv_len, kBlockK);
+  Packed<acc> q_rows(slices, lq_pad, dp), do_rows(slices, lq_pad, dp);
+  Packed<acc> k_rows(slices, lk_pad, dp), k_panels(slices, lk_pad, dp), v_panels(slices, lk_pad, dp);
+  pack_all<T, acc>(g, p.q, p.sq, g.q_len, kBlockQ, &q_rows, nullptr);
+  pack_all<T, acc>(g, p.grad_out, p.sdo, g.q_len, kBlockQ, &do_rows, nullptr);
+  pack_all<T, acc>(g, p.k, p.sk, g.kv_len, kBlockK, &k_rows, &k_panels);
+  pack_all<T, acc>(g, p.v, p.sv, g.kv_len, kBlockK, nullptr, &v_panels);
+  // Per query row: lse (+inf on padding rows, so their P is 0) and dsum = dO . out, in the accumulation type.
+  std::vector<acc> lse(slices * lq_pad, std::numeric_limits<acc>::infinity()), dsum(slices * lq_pad, acc(0));
+  at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t sl = begin; sl < end; ++sl) {
+      const T* dout = slice_ptr<T>(p.grad_out, p.sdo, sl / g.heads, sl % g.heads);
+      const T* out = slice_ptr<T>(p.out, p.so, sl / g.heads, sl % g.heads);
+      for (int64_t i = 0; i < g.q_len; ++i) {
+        acc sum = 0;
+        for (int64_t d = 0; d < g.dim; ++d) {
+          sum += static_cast<acc>(dout[i * p.sdo.token + d]) * static_cast<acc>(out[i * p.so.token + d]);
+        }
+        dsum[sl * lq_pad + i] = sum;
+        lse[sl * lq_pad + i] = static_cast<const acc*>(p.lse)[sl * g.q_len + i];
+      }
+    }
+  });
+  const int64_t q_tiles = lq_pad / kBlockQ, k_tiles = lk_pad / kBlockK;
+  // The gradients of `rows` rows of an accumulator [*, dp] into a contiguous [B, L, H, D] output.
+  auto store = [&](const std::vector<acc>& src, acc factor, void* dst_base, int64_t len, int64_t sl, int64_t r0,
+                   int64_t rows) {
+    const int64_t b = sl / g.heads, h = sl % g.heads;
+    for (int64_t i = 0; i < rows; ++i) {
+      T* dst = static_cast<T*>(dst_base) + ((b * len + r0 + i) * g.heads + h) * g.dim;
+      for (int64_t d = 0; d < g.dim; ++d) dst[d] = static_cast<T>(src[i * dp + d] * factor);
+    }
+  };
+  // dK, dV: one task per (slice, key tile), query tiles in order.
+  at::parallel_for(0, slices * k_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> s(kBlockQ * kBlockK), dpb(kBlockQ * kBlockK), dk(kBlockK * dp), dv(kBlockK * dp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t sl = task / k_tiles, k0 = (task % k_tiles) * kBlockK;
+      const int64_t cols = std::min(kBlockK, g.kv_len - k0);
+      std::fill(dk.begin(), dk.end(), acc(0));
+      std::fill(dv.begin(), dv.end(), acc(0));
+      for (int64_t q0 = 0; q0 < lq_pad; q0 += kBlockQ) {
+        const acc* q = q_rows.tile(sl, q0);
+        const acc* dout = do_rows.tile(sl, q0);
+        score_grads(q, dout, k_panels.tile(sl, k0), v_panels.tile(sl, k0), lse.data() + sl * lq_pad + q0,
+                    dsum.data() + sl * lq_pad + q0, cols, dp, scale, s.data(), dpb.data());
+        // dV += P^T dO and dK += dS^T Q: A is the transposed tile (rows = keys: stride 1, columns kBlockK).
+        gemm<acc>(kBlockK, dp, kBlockQ, s.data(), 1, kBlockK, dout, dp, kNr, dv.data(), dp, true);
+        gemm<acc>(kBlockK, dp, kBlockQ, dpb.data(), 1, kBlockK, q, dp, kNr, dk.data(), dp, true);
+      }
+      store(dk, scale, p.dk, g.kv_len, sl, k0, cols);
+      store(dv, acc(1), p.dv, g.kv_len, sl, k0, cols);
+    }
+  });
+  // dQ: one task per (slice, query tile), key tiles in order.
+  at::parallel_for(0, slices * q_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> s(kBlockQ * kBlockK), dpb(kBlockQ * kBlockK), dq(kBlockQ * dp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t sl = task / q_tiles, q0 = (task % q_tiles) * kBlockQ;
+      std::fill(dq.begin(), dq.end(), acc(0));
+      for (int64_t k0 = 0; k0 < g.kv_len; k0 += kBlockK) {
+        score_grads(q_rows.tile(sl, q0), do_rows.tile(sl, q0), k_panels.tile(sl, k0), v_panels.tile(sl, k0),
+                    lse.data() + sl * lq_pad + q0, dsum.data() + sl * lq_pad + q0, std::min(kBlockK, g.kv_len - k0),
+                    dp, scale, s.data(), dpb.data());
+        gemm<acc>(kBlockQ, dp, kBlockK, dpb.data(), kBlockK, 1, k_rows.tile(sl, k0), dp, kNr, dq.data(), dp, true);
+      }
+      store(dq, scale, p.dq, g.q_len, sl, q0, std::min(kBlockQ, g.q_len - q0));
+    }
+  });
+}
+
+}  // namespace cosmos_engine::attention::COSMOS_CPU_ISA
