@@ -15,8 +15,9 @@ constexpr bool kWithCuda = true;
 constexpr bool kWithCuda = false;
 #endif
 
-// The instruction set the CPU kernels use on this machine.
+// The instruction set the CPU kernels use on this machine; attention's may be wider (avx512).
 const char* cpu_isa() { return cpu_has_avx2() ? "avx2" : "baseline"; }
+const char* attention_cpu_isa() { return cpu_has_avx512() ? "avx512" : cpu_isa(); }
 
 // What this library was built with, as JSON (read by cosmos_engine.build_info()).
 std::string build_info() {
@@ -27,7 +28,8 @@ std::string build_info() {
   json += "\"cuda_reason\": \"" COSMOS_BUILD_CUDA_REASON "\", ";
   json += "\"cuda_archs\": \"" COSMOS_BUILD_CUDA_ARCHS "\", ";
   json += "\"cutlass_include\": \"" COSMOS_BUILD_CUTLASS_DIR "\", ";
-  json += std::string("\"cpu_isa\": \"") + cpu_isa() + "\"";
+  json += std::string("\"cpu_isa\": \"") + cpu_isa() + "\", ";
+  json += std::string("\"attention_cpu_isa\": \"") + attention_cpu_isa() + "\"";
   json += "}";
   return json;
 }

@@ -14,6 +14,7 @@ def test_build_info_is_truthful():
     info = cosmos_engine.build_info()
     assert info["loaded"] and info["torch_version"] == torch.__version__
     assert info["cpu_isa"] in ("avx2", "baseline")
+    assert info["attention_cpu_isa"] in ("avx512", info["cpu_isa"])
     assert isinstance(info["cuda"], bool) and info["cuda_reason"]
     if info["cuda"]:
         assert "9.0a".replace(".", "") in info["cuda_archs"].split(",")

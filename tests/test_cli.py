@@ -24,7 +24,7 @@ def test_info_exits_zero_and_reports_the_build():
     report = json.loads(result.stdout)
     assert report["build"]["loaded"] is True
     assert report["build"]["ops"]["adaln_layernorm_fwd"]["cpu"] is True
-    assert report["attention_backend"]["cpu float32"].endswith(f"CPU kernel ({report['build']['cpu_isa']})")
+    assert report["attention_backend"]["cpu float32"].endswith(f"CPU kernel ({report['build']['attention_cpu_isa']})")
     human = run_cli("info")
     assert human.returncode == 0 and "attention" in human.stdout and "adaln_layernorm_fwd" in human.stdout
 
@@ -49,3 +49,16 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_the_process_group_is_destroyed_when_a_command_ends(tmp_path):
+    """A job's process group does not outlive the command, whichever way it ends (here: an error)."""
+    script = (
+        "import os, sys, torch.distributed as dist\n"
+        "from cosmos_engine.cli import main\n"
+        "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29533')\n"
+        "dist.init_process_group('gloo', rank=0, world_size=1)\n"
+        f"code = main(['check', {str(tmp_path / 'missing.toml')!r}])\n"
+        "print(code, dist.is_initialized())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stderr

@@ -1,5 +1,5 @@
 // CPU entry points of attention: argument checks, then the kernels of the best instruction set this CPU
-// has (AVX2+FMA when present on x86-64, else the baseline build). The CUDA implementation of the same
+// has (AVX-512F, else AVX2+FMA when present on x86-64, else the baseline build). The CUDA implementation of the same
 // ops is registered from Python (python/cosmos_engine/ops/attention.py: flash-attn-4 or SDPA).
 #include "attention/attention_cpu_isa.h"
 #include "attention/attention_entry.h"
@@ -16,6 +16,9 @@ void run_kernels(const Params& p, const at::Tensor& q) {
   TORCH_CHECK(q.is_cpu(), "attention: the CPU kernel got 'q' on ", q.device());
   const CpuDtype dtype = cpu_dtype(q.scalar_type(), "attention");
   // No companion tensor: the kernels are instantiated with it equal to the activation type.
+#if defined(COSMOS_ENGINE_CPU_AVX512)
+  if (cpu_has_avx512()) return avx512::run(p, dtype, false);
+#endif
 #if defined(COSMOS_ENGINE_CPU_AVX2)
   if (cpu_has_avx2()) return avx2::run(p, dtype, false);
 #endif

@@ -10,5 +10,8 @@ COSMOS_DECLARE_CPU_ISA_RUN(baseline)
 #if defined(COSMOS_ENGINE_CPU_AVX2)
 COSMOS_DECLARE_CPU_ISA_RUN(avx2)
 #endif
+#if defined(COSMOS_ENGINE_CPU_AVX512)
+COSMOS_DECLARE_CPU_ISA_RUN(avx512)
+#endif
 
 }  // namespace cosmos_engine::attention

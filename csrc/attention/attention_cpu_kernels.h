@@ -1,14 +1,15 @@
 // CPU kernels of attention, compiled once per instruction set (attention_cpu_isa.cpp is built as a
-// baseline x86-64 object and again with AVX2+FMA; attention_cpu.cpp picks one at run time). Everything
-// lives in the namespace COSMOS_CPU_ISA so the copies do not collide.
+// baseline x86-64 object, again with AVX2+FMA and again with AVX-512F; attention_cpu.cpp picks one at run
+// time). Everything lives in the namespace COSMOS_CPU_ISA so the copies do not collide; the packing and
+// tile constants too, since they follow the vector width.
 //
 // Each (batch, head) slice is a set of small GEMMs on fp32 (fp64 for fp64) tiles. K, V (and in the
 // backward Q and dO) are first packed per slice into the accumulation type, zero-padded to whole tiles
-// and to D rounded up to 16: rows [L, Dp] for operands read along D, panels [L/16, Dp, 16] for operands
+// and to D rounded up to kNr: rows [L, Dp] for operands read along D, panels [L/kNr, Dp, kNr] for operands
 // read across keys. That converts bf16/fp16 once, reads the [B, L, H, D] inputs in place through their
-// strides, and lets one register-blocked micro-kernel (6 rows x 16 columns: 12 AVX2 accumulators) serve
-// every product without edge cases. Extra memory: the packed copies, O(B * H * L * D), never an L x L
-// matrix; scores live in per-thread [kBlockQ, kBlockK] tiles.
+// strides, and lets one register-blocked micro-kernel (6 x 16 with AVX2: 12 ymm accumulators; 12 x 32
+// with AVX-512: 24 zmm) serve every product without edge cases. Extra memory: the packed copies,
+// O(B * H * L * D), never an L x L matrix; scores live in per-thread [kBlockQ, kBlockK] tiles.
 //
 // Forward: tasks (b, h, query tile), online softmax over key tiles. Backward, without atomics: dK/dV in
 // tasks (b, h, key tile) looping over query tiles, then dQ in tasks (b, h, query tile) looping over key
@@ -29,6 +30,7 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#define COSMOS_ATTENTION_SIMD 1
 #endif
 
 #ifndef COSMOS_CPU_ISA
@@ -37,12 +39,20 @@
 
 namespace cosmos_engine::attention::COSMOS_CPU_ISA {
 
-constexpr int64_t kMr = 6;    // micro-kernel rows
-constexpr int64_t kNr = 16;   // micro-kernel columns (two AVX2 vectors)
-// Tiles: the score tile (96 x 96 fp32 = 36 KB), a 16-key panel of K (8 KB at D = 128) and 6 query rows
-// (3 KB) stay in L1/L2 while the micro-kernel streams; both are multiples of kMr, kBlockK also of kNr.
+// The register block of the micro-kernel: kMr rows x kNr columns, two vectors per row, so that the
+// accumulators (2 kMr) plus two B vectors and a broadcast fill the register file (16 ymm, 32 zmm).
+#if defined(__AVX512F__)
+constexpr int64_t kMr = 12;
+constexpr int64_t kNr = 32;
+#else
+constexpr int64_t kMr = 6;
+constexpr int64_t kNr = 16;
+#endif
+// Tiles: the score tile (96 x 96 fp32 = 36 KB), a kNr-key panel of K (8-16 KB at D = 128) and kMr query
+// rows (3-6 KB) stay in L1/L2 while the micro-kernel streams; both are multiples of kMr and of kNr.
 constexpr int64_t kBlockQ = 96;
 constexpr int64_t kBlockK = 96;
+static_assert(kBlockQ % kMr == 0 && kBlockK % kMr == 0 && kBlockK % kNr == 0);
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -64,64 +74,105 @@ inline void micro_kernel(int64_t kdim, const acc* __restrict__ a, int64_t a_rs, 
     for (int64_t j = 0; j < kNr; ++j) c[i * ldc + j] = r[i][j];
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
-template <>
-inline void micro_kernel<float>(int64_t kdim, const float* __restrict__ a, int64_t a_rs, int64_t a_cs,
-                                const float* __restrict__ b, int64_t ldb, float* __restrict__ c, int64_t ldc,
-                                bool accumulate) {
-  __m256 r[kMr][2];
-#pragma GCC unroll 6
-  for (int i = 0; i < kMr; ++i) {
-    r[i][0] = accumulate ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
-    r[i][1] = accumulate ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
-  }
-  for (int64_t k = 0; k < kdim; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b + k * ldb);
-    const __m256 b1 = _mm256_loadu_ps(b + k * ldb + 8);
-    const float* ak = a + k * a_cs;
-#pragma GCC unroll 6
-    for (int i = 0; i < kMr; ++i) {
-      const __m256 av = _mm256_broadcast_ss(ak + i * a_rs);
-      r[i][0] = _mm256_fmadd_ps(av, b0, r[i][0]);
-      r[i][1] = _mm256_fmadd_ps(av, b1, r[i][1]);
-    }
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < kMr; ++i) {
-    _mm256_storeu_ps(c + i * ldc, r[i][0]);
-    _mm256_storeu_ps(c + i * ldc + 8, r[i][1]);
-  }
+#if defined(COSMOS_ATTENTION_SIMD)
+// One float vector of the build's widest instruction set, and the few operations the kernels need on it;
+// exp (exp_approx of attention_math.h, same steps and constants) is the only one written per set.
+#if defined(__AVX512F__)
+using VecF = __m512;
+constexpr int64_t kLanes = 16;
+inline VecF vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, VecF v) { _mm512_storeu_ps(p, v); }
+inline VecF vset1(float x) { return _mm512_set1_ps(x); }
+inline VecF vzero() { return _mm512_setzero_ps(); }
+inline VecF vadd(VecF a, VecF b) { return _mm512_add_ps(a, b); }
+inline VecF vsub(VecF a, VecF b) { return _mm512_sub_ps(a, b); }
+inline VecF vmul(VecF a, VecF b) { return _mm512_mul_ps(a, b); }
+inline VecF vmax(VecF a, VecF b) { return _mm512_max_ps(a, b); }
+inline VecF vmin(VecF a, VecF b) { return _mm512_min_ps(a, b); }
+inline VecF vfmadd(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VecF vfnmadd(VecF a, VecF b, VecF c) { return _mm512_fnmadd_ps(a, b, c); }
+inline float hsum(VecF v) { return _mm512_reduce_add_ps(v); }
+inline float hmax(VecF v) { return _mm512_reduce_max_ps(v); }
+// e_r * 2^n (n integral) by scalef, zeroed where x < kLow (and for -inf).
+inline VecF vscale_pow2(VecF e_r, VecF n, VecF x) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, vset1(exp_const::kLow), _CMP_GE_OQ);
+  return _mm512_maskz_scalef_ps(keep, e_r, n);
 }
-
-// exp_approx (attention_math.h) on eight lanes.
-inline __m256 exp8(__m256 x) {
-  using namespace exp_const;
-  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kLow)), _mm256_set1_ps(kHigh));
-  const __m256 round = _mm256_set1_ps(kRound);
-  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(kLog2e), round), round);
-  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), xc));
-  __m256 poly = _mm256_set1_ps(kP0);
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP1));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP2));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP3));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP4));
-  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(kP5));
-  const __m256 e_r = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(poly, r), r, r), _mm256_set1_ps(1.0f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kLow), _CMP_GE_OQ);
-  return _mm256_and_ps(keep, _mm256_mul_ps(e_r, _mm256_castsi256_ps(bits)));
-}
-
-inline float hsum8(__m256 v) {
+#else
+using VecF = __m256;
+constexpr int64_t kLanes = 8;
+inline VecF vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, VecF v) { _mm256_storeu_ps(p, v); }
+inline VecF vset1(float x) { return _mm256_set1_ps(x); }
+inline VecF vzero() { return _mm256_setzero_ps(); }
+inline VecF vadd(VecF a, VecF b) { return _mm256_add_ps(a, b); }
+inline VecF vsub(VecF a, VecF b) { return _mm256_sub_ps(a, b); }
+inline VecF vmul(VecF a, VecF b) { return _mm256_mul_ps(a, b); }
+inline VecF vmax(VecF a, VecF b) { return _mm256_max_ps(a, b); }
+inline VecF vmin(VecF a, VecF b) { return _mm256_min_ps(a, b); }
+inline VecF vfmadd(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VecF vfnmadd(VecF a, VecF b, VecF c) { return _mm256_fnmadd_ps(a, b, c); }
+inline float hsum(VecF v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
-
-inline float hmax8(__m256 v) {
+inline float hmax(VecF v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+inline VecF vscale_pow2(VecF e_r, VecF n, VecF x) {
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 keep = _mm256_cmp_ps(x, vset1(exp_const::kLow), _CMP_GE_OQ);
+  return _mm256_and_ps(keep, _mm256_mul_ps(e_r, _mm256_castsi256_ps(bits)));
+}
+#endif
+static_assert(kNr == 2 * kLanes && kBlockK % kLanes == 0);
+
+template <>
+inline void micro_kernel<float>(int64_t kdim, const float* __restrict__ a, int64_t a_rs, int64_t a_cs,
+                                const float* __restrict__ b, int64_t ldb, float* __restrict__ c, int64_t ldc,
+                                bool accumulate) {
+  VecF r[kMr][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < kMr; ++i) {
+    r[i][0] = accumulate ? vload(c + i * ldc) : vzero();
+    r[i][1] = accumulate ? vload(c + i * ldc + kLanes) : vzero();
+  }
+  for (int64_t k = 0; k < kdim; ++k) {
+    const VecF b0 = vload(b + k * ldb);
+    const VecF b1 = vload(b + k * ldb + kLanes);
+    const float* ak = a + k * a_cs;
+#pragma GCC unroll 12
+    for (int i = 0; i < kMr; ++i) {
+      const VecF av = vset1(ak[i * a_rs]);
+      r[i][0] = vfmadd(av, b0, r[i][0]);
+      r[i][1] = vfmadd(av, b1, r[i][1]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < kMr; ++i) {
+    vstore(c + i * ldc, r[i][0]);
+    vstore(c + i * ldc + kLanes, r[i][1]);
+  }
+}
+
+// exp_approx (attention_math.h) on kLanes lanes.
+inline VecF vexp(VecF x) {
+  using namespace exp_const;
+  const VecF xc = vmin(vmax(x, vset1(kLow)), vset1(kHigh));
+  const VecF round = vset1(kRound);
+  const VecF n = vsub(vfmadd(xc, vset1(kLog2e), round), round);
+  const VecF r = vfnmadd(n, vset1(kLn2Lo), vfnmadd(n, vset1(kLn2Hi), xc));
+  VecF poly = vset1(kP0);
+  poly = vfmadd(poly, r, vset1(kP1));
+  poly = vfmadd(poly, r, vset1(kP2));
+  poly = vfmadd(poly, r, vset1(kP3));
+  poly = vfmadd(poly, r, vset1(kP4));
+  poly = vfmadd(poly, r, vset1(kP5));
+  const VecF e_r = vadd(vfmadd(vmul(poly, r), r, r), vset1(1.0f));
+  return vscale_pow2(e_r, n, x);
 }
 #endif
 
@@ -206,21 +257,20 @@ inline void online_softmax_row(acc* __restrict__ s, int64_t cols, acc scale, acc
   std::fill(s + cols, s + kBlockK, -std::numeric_limits<acc>::infinity());
   acc tile_max = -std::numeric_limits<acc>::infinity(), sum = 0;
   acc m_new;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(COSMOS_ATTENTION_SIMD)
   if constexpr (std::is_same_v<acc, float>) {
-    static_assert(kBlockK % 8 == 0);
-    __m256 vmax = _mm256_set1_ps(tile_max);
-    for (int64_t j = 0; j < kBlockK; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
-    tile_max = hmax8(vmax);
+    VecF vm = vset1(tile_max);
+    for (int64_t j = 0; j < kBlockK; j += kLanes) vm = vmax(vm, vload(s + j));
+    tile_max = hmax(vm);
     m_new = running_max(m, tile_max, scale);
-    const __m256 vscale = _mm256_set1_ps(scale), vneg_m = _mm256_set1_ps(-m_new);
-    __m256 vsum = _mm256_setzero_ps();
-    for (int64_t j = 0; j < kBlockK; j += 8) {
-      const __m256 pj = exp8(_mm256_fmadd_ps(_mm256_loadu_ps(s + j), vscale, vneg_m));
-      _mm256_storeu_ps(s + j, pj);
-      vsum = _mm256_add_ps(vsum, pj);
+    const VecF vscale = vset1(scale), vneg_m = vset1(-m_new);
+    VecF vsum = vzero();
+    for (int64_t j = 0; j < kBlockK; j += kLanes) {
+      const VecF pj = vexp(vfmadd(vload(s + j), vscale, vneg_m));
+      vstore(s + j, pj);
+      vsum = vadd(vsum, pj);
     }
-    sum = hsum8(vsum);
+    sum = hsum(vsum);
   } else
 #endif
   {
@@ -291,13 +341,13 @@ inline void score_grads(const acc* q, const acc* dout, const acc* k_panels, cons
     acc* di = dpb + i * kBlockK;
     std::fill(si + cols, si + kBlockK, -std::numeric_limits<acc>::infinity());  // P = 0 on padding keys
     const acc lse_i = lse[i], dsum_i = dsum[i];
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(COSMOS_ATTENTION_SIMD)
     if constexpr (std::is_same_v<acc, float>) {
-      const __m256 vscale = _mm256_set1_ps(scale), vneg_lse = _mm256_set1_ps(-lse_i), vdsum = _mm256_set1_ps(dsum_i);
-      for (int64_t j = 0; j < kBlockK; j += 8) {
-        const __m256 pj = exp8(_mm256_fmadd_ps(_mm256_loadu_ps(si + j), vscale, vneg_lse));
-        _mm256_storeu_ps(si + j, pj);
-        _mm256_storeu_ps(di + j, _mm256_mul_ps(pj, _mm256_sub_ps(_mm256_loadu_ps(di + j), vdsum)));
+      const VecF vscale = vset1(scale), vneg_lse = vset1(-lse_i), vdsum = vset1(dsum_i);
+      for (int64_t j = 0; j < kBlockK; j += kLanes) {
+        const VecF pj = vexp(vfmadd(vload(si + j), vscale, vneg_lse));
+        vstore(si + j, pj);
+        vstore(di + j, vmul(pj, vsub(vload(di + j), vdsum)));
       }
       continue;
     }

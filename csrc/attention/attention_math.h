@@ -20,8 +20,8 @@ namespace cosmos_engine::attention {
 // exp(x) in float without a libm call, so the CPU row loops vectorize (an exp per score would otherwise
 // cost as much as the two GEMMs around it). Cephes' expf: x = n ln2 + r with |r| <= ln2/2 (ln2 split in
 // two for exactness), a degree-6 polynomial for e^r, 2^n built in the exponent bits. Relative error about
-// 2 ulp; 0 below kExpLow (e^-87.33 is about the smallest normal float) and for -inf. The AVX2 kernels
-// evaluate the same steps with the same constants eight lanes at a time.
+// 2 ulp; 0 below kExpLow (e^-87.33 is about the smallest normal float) and for -inf. The SIMD kernels
+// evaluate the same steps with the same constants 8 (AVX2) or 16 (AVX-512) lanes at a time.
 namespace exp_const {
 constexpr float kLow = -87.33f, kHigh = 88.0f;
 constexpr float kLog2e = 1.44269504088896341f;

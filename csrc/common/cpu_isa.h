@@ -1,6 +1,7 @@
 // What the CPU kernels are built for and which build runs: each op's kernels are compiled once per
-// instruction set (a baseline x86-64 object and, on x86-64, an AVX2+FMA one, in namespaces named by
-// COSMOS_CPU_ISA), and the op's CPU entry picks one at run time with `cpu_has_avx2()`.
+// instruction set (a baseline x86-64 object and, on x86-64, an AVX2+FMA one, plus an AVX-512F one for
+// attention, in namespaces named by COSMOS_CPU_ISA), and the op's CPU entry picks one at run time with
+// `cpu_has_avx2()` / `cpu_has_avx512()`.
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -27,6 +28,16 @@ inline CpuDtype cpu_dtype(c10::ScalarType t, const char* op) {
 inline bool cpu_has_avx2() {
 #if defined(COSMOS_ENGINE_CPU_AVX2)
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+#else
+  return false;
+#endif
+}
+
+// True when the AVX-512 build (attention only) exists and this CPU can run it.
+inline bool cpu_has_avx512() {
+#if defined(COSMOS_ENGINE_CPU_AVX512)
+  static const bool supported = __builtin_cpu_supports("avx512f") && cpu_has_avx2();
   return supported;
 #else
   return false;

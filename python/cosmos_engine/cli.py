@@ -327,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cosmos-engine {args.command}: error: no space left on device while writing {exc.filename or 'a file'}",
               file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that imported torch can have a process group
+            from cosmos_engine.parallel.distributed import shutdown_distributed
+
+            shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ def backend_name(device: torch.device, dtype: torch.dtype = torch.bfloat16, head
         return "sdpa (cudnn > flash > efficient > math)"
     if device.type == "cpu" and not cpu_kernel_supports(head_dim):
         return f"reference (head_dim {head_dim} is not a multiple of 8 up to 256)"
-    return f"cosmos_engine::attention_fwd -> CPU kernel ({_library.build_info().get('cpu_isa', '?')})"
+    return f"cosmos_engine::attention_fwd -> CPU kernel ({_library.build_info().get('attention_cpu_isa', '?')})"
 
 
 @functools.cache

@@ -1,6 +1,7 @@
 """One process, or one rank of a `torchrun` job: the process group and the rank's device.
 
-gloo on the CPU (tests run 2 ranks on a laptop), NCCL on GPUs. Jobs call `setup_distributed()` once.
+gloo on the CPU (tests run 2 ranks on a laptop), NCCL on GPUs. Jobs call `setup_distributed()` once; the
+CLI calls `shutdown_distributed()` when the command ends, however it ends.
 """
 
 from __future__ import annotations
@@ -34,3 +35,9 @@ def setup_distributed() -> Distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Distributed(rank, world_size, device)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group a job set up (torch warns at exit about one left alive, and NCCL may hang)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
