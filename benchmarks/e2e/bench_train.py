@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.common import print_table, reexec_with_malloc_tuning, write_result  # noqa: E402
-from cosmos_engine.config.schema import ModelConfig, TrainConfig  # noqa: E402
+from cosmos_engine.config.schema import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from cosmos_engine.data.cache import CachedWindowDataset, LatentCache  # noqa: E402
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records, make_decoder  # noqa: E402
 from cosmos_engine.data.prepare import prepare_synthetic  # noqa: E402
@@ -165,7 +165,8 @@ def bench_2b(tmp: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
                             tiled=False)
     captions = CaptionStandIn(512, cfg.crossattn_proj_in_channels)
     cache = LatentCache(dataset_dir)
-    cache.build(videos, vae, captions, device=device)
+    windows = {"window_stride": DataConfig().window_stride, "max_cached_windows": DataConfig().max_cached_windows}
+    cache.build(videos, vae, captions, device=device, **windows)
     text_by_prompt = cache.text_embeddings([r.prompt for r in videos.records], captions.identity)
     latent_thw = (1 + (args.frames - 1) // 4, args.height // 8, args.width // 8)
 
@@ -184,7 +185,7 @@ def bench_2b(tmp: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
     for mode in ("windows", "off"):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        source = CachedWindowDataset(cache, videos, vae.identity) if mode == "windows" else videos
+        source = CachedWindowDataset(cache, videos, vae.identity, **windows) if mode == "windows" else videos
         loader = build_loader(source, WindowSampler(source.all_starts(), seed=0), batch_size=1, num_workers=0,
                               device=device)
         data = TrainingData(loader, text_by_prompt, vae if mode == "off" else None, device, latent_thw)

@@ -179,11 +179,17 @@ def _fill_cache(recipe) -> None:
     from cosmos_engine.train.data import fill_cache
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    from cosmos_engine.data.cache import human_bytes
+
     _, _, _, stats = fill_cache(recipe.model, recipe.data, device)
-    what = "windows and captions" if recipe.data.cache == "windows" else 'captions only (the recipe has cache = "off")'
+    if recipe.data.cache == "windows":
+        what = (f"{stats.windows} windows ({human_bytes(stats.window_bytes)} on disk, window_stride "
+                f"{recipe.data.window_stride}, at most {recipe.data.max_cached_windows} per video) and captions")
+    else:
+        what = 'captions only (the recipe has cache = "off")'
     print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {stats.texts_encoded} "
-          f"captions encoded, {stats.hits} already cached, {stats.corrupt} recomputed (unreadable, written for "
-          "another key or holding NaN/Inf)")
+          f"captions encoded, {stats.hits} already cached, {stats.corrupt} recomputed (unreadable or written for "
+          "another key)")
 
 
 # -------------------------------------------------------------------------------------------- convert

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cosmos_engine.data import cache as cache_module
 from cosmos_engine.data.cache import CachedWindowDataset, LatentCache, LatentKey, window_starts
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records
 from cosmos_engine.data.decode_pyav import PyAVDecoder
@@ -28,11 +29,14 @@ from cosmos_engine.data.video_io import encode_video, to_unit_range
 from cosmos_engine.errors import DatasetError
 
 N, H, W = 9, 32, 48
-CLIP_FRAMES = 25  # -> windows at 0, 8, 16
+CLIP_FRAMES = 25  # valid starts 0..16
+WINDOWS = {"window_stride": 8, "max_cached_windows": 100}  # -> windows at 0, 8, 16
 
 
 class CountingVAE:
     """[B, 3, T, H, W] -> [B, 3, 1 + (T - 1) // 4, H / 8, W / 8]: every 4th frame, 8x8 average pooled."""
+
+    dtype = torch.float32
 
     def __init__(self, identity: str = "stand-in-vae/v1") -> None:
         self.identity, self.calls = identity, 0
@@ -40,6 +44,9 @@ class CountingVAE:
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return F.avg_pool3d(video[:, :, ::4], (1, 8, 8))
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        return 3, 1 + (num_frames - 1) // 4, height // 8, width // 8
 
 
 class CountingTextEncoder:
@@ -66,21 +73,34 @@ def windows_of(dataset_dir: Path) -> VideoWindowDataset:
     return VideoWindowDataset(load_records(dataset_dir), N, H, W, PyAVDecoder())
 
 
-def build(dataset_dir: Path, vae=None, text=None):
+def build(dataset_dir: Path, vae=None, text=None, **windows):
     vae, text = vae or CountingVAE(), text or CountingTextEncoder()
-    stats = LatentCache(dataset_dir).build(windows_of(dataset_dir), vae, text)
+    stats = LatentCache(dataset_dir).build(windows_of(dataset_dir), vae, text, **(windows or WINDOWS))
     return stats, vae, text
 
 
-def test_window_starts_cover_every_frame_evenly():
-    assert window_starts(93, 93) == [0]
-    assert window_starts(94, 93) == [0, 1]
-    assert window_starts(25, 9) == [0, 8, 16]
+def test_window_starts_span_the_valid_range_at_most_stride_apart_within_the_budget():
+    assert window_starts(93, 93, 8, 256) == [0]
+    assert window_starts(94, 93, 8, 256) == [0, 1]
+    assert window_starts(25, 9, 8, 100) == [0, 8, 16]
+    assert window_starts(26, 9, 8, 100) == [0, 5, 11, 17]  # 17 is not a multiple of 8: evenly spread
+    assert window_starts(25, 9, 1, 100) == list(range(17))
+    assert window_starts(109, 9, 1, 5) == [0, 25, 50, 75, 100]  # the budget: spread evenly, further apart
     for frames in range(9, 80):
-        starts = window_starts(frames, 9)
-        covered = {f for s in starts for f in range(s, s + 9)}
-        assert starts[0] == 0 and starts[-1] == frames - 9 and covered == set(range(frames))
-        assert len(starts) == -(-frames // 9)
+        last = frames - 9
+        for stride in (1, 3, 8, 9, 40):
+            for budget in (1, 2, 4, 1000):
+                starts = window_starts(frames, 9, stride, budget)
+                assert starts[0] == 0 and starts == sorted(set(starts)) and len(starts) <= budget
+                if len(starts) > 1:
+                    assert starts[-1] == last
+                gaps = [b - a for a, b in zip(starts, starts[1:])]
+                if budget == 1000:  # no budget: as few windows as keep the gaps within the stride
+                    assert len(starts) == -(-last // stride) + 1 and all(g <= stride for g in gaps)
+                assert not gaps or max(gaps) - min(gaps) <= 1  # evenly spread
+        # stride = num_frames: the fewest windows that cover every frame
+        starts = window_starts(frames, 9, 9, 1000)
+        assert {f for s in starts for f in range(s, s + 9)} == set(range(frames)) and len(starts) == -(-frames // 9)
 
 
 def test_second_epoch_and_second_build_call_no_encoder(dataset_dir):
@@ -88,7 +108,7 @@ def test_second_epoch_and_second_build_call_no_encoder(dataset_dir):
     assert (vae.calls, text.calls) == (9, 2) and (stats.latents_encoded, stats.texts_encoded) == (9, 2)
 
     windows = windows_of(dataset_dir)
-    cached = CachedWindowDataset(LatentCache(dataset_dir), windows, vae.identity)
+    cached = CachedWindowDataset(LatentCache(dataset_dir), windows, vae.identity, **WINDOWS)
     loader = build_loader(cached, WindowSampler(cached.all_starts(), seed=0), batch_size=1, num_workers=0)
     for _ in range(2 * len(cached)):  # two epochs
         batch = next(loader)
@@ -100,6 +120,70 @@ def test_second_epoch_and_second_build_call_no_encoder(dataset_dir):
 
     again, vae2, text2 = build(dataset_dir)
     assert (vae2.calls, text2.calls) == (0, 0) and again.hits == 11
+
+
+class Killed(BaseException):
+    """What a kill does to the build: it stops inside an encode, with no clean-up of the build's own."""
+
+
+class VAEKilledAtCall(CountingVAE):
+    def __init__(self, call: int) -> None:
+        super().__init__()
+        self.kill_at = call
+
+    def encode(self, video):
+        if self.calls + 1 == self.kill_at:
+            raise Killed
+        return super().encode(video)
+
+
+def test_a_build_killed_half_way_resumes_without_encoding_finished_windows_again(dataset_dir, caplog):
+    with pytest.raises(Killed):
+        build(dataset_dir, vae=VAEKilledAtCall(5))  # 4 of the 9 windows were written
+    written = sorted((dataset_dir / "cache" / "latents").rglob("*.safetensors"))
+    assert len(written) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in written}
+    with caplog.at_level(logging.INFO):
+        stats, vae, text = build(dataset_dir)
+    assert (vae.calls, stats.latents_encoded, text.calls) == (5, 5, 0)  # the caption was cached before the kill
+    assert "9 windows (window_stride 8, at most 100 per video)" in caplog.text
+    assert "5 to encode" in caplog.text and "4 already cached" in caplog.text
+    assert "the first window took" in caplog.text and "the other 4 windows" in caplog.text
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # finished entries untouched
+    assert build(dataset_dir)[1].calls == 0
+
+
+def test_the_planned_and_reported_window_count_and_disk_size_are_what_is_written(tmp_path):
+    # 2 videos of 29 frames: 21 valid starts each; stride 3 caches 8 starts from 0 to 20, which a budget of
+    # 10 per video allows.
+    long = tmp_path / "long"
+    prepare_synthetic(long, count=2, seed=2, frames=29, height=H, width=W)
+    windows, cache, vae = windows_of(long), LatentCache(long), CountingVAE()
+    plan, todo, _ = cache.plan(windows, vae, window_stride=3, max_cached_windows=10)
+    stats = cache.build(windows, vae, CountingTextEncoder(), window_stride=3, max_cached_windows=10)
+    files = sorted((long / "cache" / "latents").rglob("*.safetensors"))
+    assert plan.videos == 2 and plan.windows == plan.to_encode == len(todo) == stats.windows == len(files) == 2 * 8
+    assert plan.bytes == plan.bytes_to_write == stats.window_bytes == sum(f.stat().st_size for f in files)
+    again, _, _ = cache.plan(windows, vae, window_stride=3, max_cached_windows=10)
+    assert (again.windows, again.to_encode, again.bytes_to_write, again.bytes) == (16, 0, 0, plan.bytes)
+    # A budget of 4 per video: other starts, of which those shared with stride 3 are cached already.
+    fewer, _, _ = cache.plan(windows, vae, window_stride=3, max_cached_windows=4)
+    shared = set(window_starts(29, N, 3, 4)) & set(window_starts(29, N, 3, 10))
+    assert 0 < len(shared) < 4 and (fewer.windows, fewer.to_encode) == (8, 2 * (4 - len(shared)))
+
+
+def test_the_planned_entry_size_is_the_written_file_size_whatever_the_header_padding(dataset_dir):
+    # The header is padded to 8 bytes: identities of 8 consecutive lengths put a one-digit-longer start on
+    # both sides of a padding boundary.
+    cache, sizes = LatentCache(dataset_dir), set()
+    for extra in range(8):
+        size = cache_module._EntrySize((3, 3, 4, 6), torch.float32)
+        for start in (9, 10, 99, 100, 123456):
+            key = LatentKey("0" * 64, start, N, H, W, "stand-in-vae/v1" + "x" * extra)
+            cache.store(key, torch.ones(3, 3, 4, 6))
+            sizes.add(cache.path(key).stat().st_size)
+            assert size(key) == cache.path(key).stat().st_size, (extra, start)
+    assert len(sizes) > 2
 
 
 def test_editing_a_video_invalidates_exactly_its_entries(dataset_dir):
@@ -135,23 +219,61 @@ def test_unreadable_or_foreign_entries_are_recomputed_with_a_warning(dataset_dir
     assert build(dataset_dir)[1].calls == 0
 
 
-def test_folder_and_non_finite_entries_are_recomputed_with_a_warning(dataset_dir, caplog):
+def test_folder_entries_are_recomputed_with_a_warning(dataset_dir, caplog):
     build(dataset_dir)
-    files = sorted((dataset_dir / "cache").rglob("*.safetensors"))
-    nan_latent, inf_text, folder = files[0], files[-1], files[1]
-    for path, bad in ((nan_latent, float("nan")), (inf_text, float("inf"))):
-        tensors = load_file(str(path))
-        tensors["tensor"].view(-1)[:3] = bad
-        with safe_open(str(path), framework="pt") as f:
-            save_file(tensors, str(path), metadata=f.metadata())
+    folder = sorted((dataset_dir / "cache" / "latents").rglob("*.safetensors"))[1]
     folder.unlink()
     (folder / "inside").mkdir(parents=True)
     with caplog.at_level(logging.WARNING):
         stats, vae, text = build(dataset_dir)
-    assert (vae.calls, text.calls, stats.corrupt) == (2, 1, 3)
-    assert f"{nan_latent} is poisoned: 3 of its" in caplog.text and f"{inf_text} is poisoned: 3 of its" in caplog.text
+    assert (vae.calls, text.calls, stats.corrupt) == (1, 0, 1)
     assert f"{folder} is a folder, not a file" in caplog.text
     assert folder.is_file() and build(dataset_dir)[0].hits == 11
+
+
+def poison(path: Path, value: float) -> None:
+    """Overwrite the first 3 values of an entry, keeping its key: what bit rot after the write looks like."""
+    tensors = load_file(str(path))
+    tensors["tensor"].view(-1)[:3] = value
+    with safe_open(str(path), framework="pt") as f:
+        save_file(tensors, str(path), metadata=f.metadata())
+
+
+def test_a_build_reads_headers_only_and_a_poisoned_entry_is_refused_on_read_deleted_and_rebuilt(dataset_dir,
+                                                                                                  monkeypatch):
+    build(dataset_dir)
+    nan_latent = sorted((dataset_dir / "cache" / "latents").rglob("*.safetensors"))[0]
+    inf_text = sorted((dataset_dir / "cache" / "text").rglob("*.safetensors"))[0]
+    poison(nan_latent, float("nan"))
+    poison(inf_text, float("inf"))
+    checked = []
+    monkeypatch.setattr(cache_module, "_non_finite", lambda t: checked.append(t.numel()) or 0)
+    stats, vae, text = build(dataset_dir)  # the cached build: no entry's values are read
+    assert (vae.calls, text.calls, stats.hits, checked) == (0, 0, 11, [])
+    monkeypatch.undo()
+
+    windows, cache = windows_of(dataset_dir), LatentCache(dataset_dir)
+    cached = CachedWindowDataset(cache, windows, vae.identity, **WINDOWS)
+    video = next(i for i, r in enumerate(windows.records) if r.sha256 == nan_latent.parent.name)
+    with pytest.raises(DatasetError, match=f"{nan_latent}: cache entry poisoned: 3 of its .* values are NaN or Inf "
+                                           r"\(deleted\); build the cache again"):
+        cached[(video, int(nan_latent.name[5:11]))]
+    with pytest.raises(DatasetError, match=f"{inf_text}: cache entry poisoned: 3 of its"):
+        cache.text_embeddings([r.prompt for r in windows.records], text.identity)
+    assert not nan_latent.exists() and not inf_text.exists()
+    stats, vae, text = build(dataset_dir)
+    assert (vae.calls, text.calls, stats.corrupt) == (1, 1, 0)
+    assert torch.isfinite(cached[(video, int(nan_latent.name[5:11]))]["latent"]).all()
+
+
+def test_an_encoder_producing_nan_is_named_and_nothing_is_cached(dataset_dir):
+    class NaNVAE(CountingVAE):
+        def encode(self, video):
+            return super().encode(video) * float("nan")
+
+    with pytest.raises(DatasetError, match="the encoder produced 216 NaN or Inf values of 216 for .*'start': '0'"):
+        build(dataset_dir, vae=NaNVAE())
+    assert not list((dataset_dir / "cache" / "latents").rglob("*.safetensors"))
 
 
 def test_reading_a_non_finite_entry_names_it(dataset_dir):

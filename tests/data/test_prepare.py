@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cosmos_engine.cli import main
+from cosmos_engine.data.cache import human_bytes
 from cosmos_engine.data.prepare import prepare_synthetic, prepare_videos, read_manifest
 from cosmos_engine.data.synthetic import DEFAULT_PROMPT, render_clip
 from cosmos_engine.data.video_io import encode_video, sha256_file, write_video
@@ -200,9 +201,12 @@ def test_prepare_cache_encodes_every_window_once_for_the_recipe(tmp_path, capsys
             "--cache", str(TINY_RECIPE), *SMALL_WINDOWS]
     assert main(args) == 0
     # 9-frame clips, 5-frame windows: starts 0 and 4 in each of the 2 videos; one caption.
-    assert "4 latents and 1 captions encoded, 0 already cached" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 latents and 1 captions encoded, 0 already cached" in printed
     latents = sorted((out / "cache" / "latents").rglob("*.safetensors"))
     assert len(latents) == 4 and len({p.parent.name for p in latents}) == 2
+    size = human_bytes(sum(p.stat().st_size for p in latents))
+    assert f"4 windows ({size} on disk, window_stride 16, at most 256 per video) and captions" in printed
     # Caching an existing dataset (no SRC) finds everything: what `run` builds before its first step is there.
     assert main(["prepare", "--out", str(out), "--cache", str(TINY_RECIPE), *SMALL_WINDOWS]) == 0
     assert "0 latents and 0 captions encoded, 5 already cached" in capsys.readouterr().out

@@ -61,6 +61,8 @@ class DataConfig:
     width: int = spec(1280, min=16, max=8192, doc="Training width in pixels (multiple of 16).")
     decoder: Literal["auto", "pyav", "dali"] = spec("auto", doc='"auto" (DALI on a GPU when installed, else PyAV), "pyav" or "dali".')
     cache: Literal["windows", "off"] = spec("windows", doc='"windows": encode fixed windows once and train on cached latents; "off": encode online.')
+    window_stride: int = spec(8, min=1, max=100_000, doc='With cache = "windows": frames between cached window starts, spread evenly from the first valid start to the last; training draws uniformly among them. 1 caches every start (the distribution of cache = "off").')
+    max_cached_windows: int = spec(256, min=1, max=10**9, doc="With cache = \"windows\": at most this many cached windows per video; a video with more starts at window_stride gets this many, spread evenly over its valid starts.")
     num_workers: int = spec(4, min=0, max=256, doc="DataLoader worker processes.")
 
 

@@ -22,7 +22,9 @@ Sampling, compared with the official `VideoDataset` + `DistributedSampler` (refe
   `state_dict()` stores and what makes resuming exact.
 
 A `WindowSampler` yields (video index, start) pairs; the datasets map a pair to tensors. The same sampler
-serves the cached path (`cache.py`), where the starts are the cache's fixed windows instead of all starts.
+serves the cached path (`cache.py`), where the starts are the cache's windows (`window_starts`) instead of
+all starts: the same draw then picks uniformly among those, and with `window_stride = 1` (every start
+cached) the very same starts as here.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """What a training step consumes: clean VAE latents and text embeddings, from the cache or computed online.
 
-`cache = "windows"` (default): before the first step every window of every video and every caption is
-encoded once (`data.cache.LatentCache.build`), and the steps read latents from disk and the caption's
-embedding from memory, so neither the VAE nor the text encoder runs inside a step.
-`cache = "off"` (the official behaviour): each step decodes a random window and runs the frozen VAE on it
-under `inference_mode`; captions are still encoded once per run (the NeMo set has a single caption).
+`cache = "windows"` (default): before the first step the cached windows of every video (starts at most
+`window_stride` frames apart over the whole valid range, at most `max_cached_windows` per video) and every
+caption are encoded once (`data.cache.LatentCache.build`), and the steps read latents from disk and the
+caption's embedding from memory, so neither the VAE nor the text encoder runs inside a step. Each sample's
+start is drawn uniformly among its video's cached starts (`window_stride = 1`: among all starts, as below).
+`cache = "off"` (the official behaviour): each step decodes a window from a uniformly random start and runs
+the frozen VAE on it under `inference_mode`; captions are still encoded once per run (the NeMo set has a
+single caption).
 
 The frozen encoders: `[model] vae_path` / `text_encoder_path`; left empty, the tiny flavor uses a seeded
 random tiny VAE and a tiny random Reason1 stand-in written into the dataset's cache folder, so the tiny
@@ -67,6 +70,11 @@ class LatentEncoder:
         self.vae, self.tiled = vae, tiled
         self.dtype = vae.dtype
 
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        c = self.vae.config
+        return (c.z_dim, 1 + (num_frames - 1) // c.temporal_factor, height // c.spatial_factor,
+                width // c.spatial_factor)
+
     @property
     def identity(self) -> str:
         return self.vae.identity
@@ -126,8 +134,10 @@ def fill_cache(model_cfg: ModelConfig, data_cfg: DataConfig, device: torch.devic
     text_encoder = build_text_encoder(model_cfg, dataset_dir, device)
     cache = LatentCache(dataset_dir)
     if data_cfg.cache == "windows":
-        stats = cache.build(videos, vae, text_encoder, device=device, num_workers=data_cfg.num_workers, rank=rank,
-                            world_size=world_size, worker_init_fn=ignore_stop_signals)
+        stats = cache.build(videos, vae, text_encoder, window_stride=data_cfg.window_stride,
+                            max_cached_windows=data_cfg.max_cached_windows, device=device,
+                            num_workers=data_cfg.num_workers, rank=rank, world_size=world_size,
+                            worker_init_fn=ignore_stop_signals)
     else:  # captions only: they are encoded once per run whatever the setting
         stats = cache.build_text(videos, text_encoder, rank=rank, world_size=world_size)
     return videos, vae, text_encoder.identity, stats
@@ -141,7 +151,8 @@ def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg:
     cache = LatentCache(Path(data_cfg.dataset_dir).absolute())
     text_by_prompt = cache.text_embeddings([r.prompt for r in videos.records], text_identity)
     if data_cfg.cache == "windows":
-        dataset = CachedWindowDataset(cache, videos, vae.identity)
+        dataset = CachedWindowDataset(cache, videos, vae.identity, window_stride=data_cfg.window_stride,
+                                      max_cached_windows=data_cfg.max_cached_windows)
         online_vae = None
     else:
         dataset, online_vae = videos, vae
@@ -151,6 +162,7 @@ def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg:
     s = vae_config(model_cfg.flavor).spatial_factor
     t = vae_config(model_cfg.flavor).temporal_factor
     latent_thw = (1 + (data_cfg.num_frames - 1) // t, data_cfg.height // s, data_cfg.width // s)
-    log.info("training data: %d videos, cache=%s, latent %s, %d text tokens", len(videos.records), data_cfg.cache,
-             latent_thw, next(iter(text_by_prompt.values())).shape[0])
+    log.info("training data: %d videos, cache=%s, %d starts to draw from, latent %s, %d text tokens",
+             len(videos.records), data_cfg.cache, sum(len(s) for s in sampler.starts), latent_thw,
+             next(iter(text_by_prompt.values())).shape[0])
     return TrainingData(loader, text_by_prompt, online_vae, device, latent_thw)
