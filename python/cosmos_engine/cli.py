@@ -91,6 +91,45 @@ def _check(args: argparse.Namespace) -> int:
 
 
 
+# ----------------------------------------------------------------------------------------------- plan
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
+    from cosmos_engine.plan import DEVICE_NAMES
+
+    _add_recipe_arguments(p)
+    p.add_argument("--gpu", default=None, metavar="NAME",
+                   help=f"device to plan for: {', '.join(DEVICE_NAMES)} (default: this machine's)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per node (default 1)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--job", choices=["train", "infer"], default=None,
+                   help="what to plan (default: infer for a recipe with an [infer] table and no [train] table, "
+                        "else train)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+@command("plan", "predict memory per rank and time of a recipe on a GPU, and what to change when it does not fit",
+         _plan_arguments)
+def _plan(args: argparse.Namespace) -> int:
+    from cosmos_engine.config import load_recipe
+    from cosmos_engine.config.load import tomllib
+    from cosmos_engine.errors import RecipeError
+    from cosmos_engine.plan import check_arguments, local_device_name, make_plan
+
+    gpu = args.gpu or local_device_name()[0]
+    try:
+        check_arguments(gpu, args.gpus, args.nodes)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    recipe = load_recipe(args.recipe, args.overrides)
+    job = args.job
+    if job is None:
+        with open(args.recipe, "rb") as f:
+            tables = tomllib.load(f)
+        job = "infer" if "infer" in tables and "train" not in tables else "train"
+    plan = make_plan(recipe, job, gpu, args.gpus, args.nodes)
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.table())
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- prepare
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -235,11 +274,14 @@ def _run(args: argparse.Namespace) -> int:
     from cosmos_engine.train.stop_signals import RunStopped
     from cosmos_engine.train.trainer import post_train
 
+    from cosmos_engine.plan import announce
+
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = run_dir_for(recipe.job)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         log.info("run folder %s", run_dir)
+        announce(recipe, "train")
     options = RunFolderOptions(allow_recipe_change=args.allow_recipe_change, overwrite=args.overwrite)
     try:
         last = post_train(recipe, run_dir, trust_checkpoint=args.trust_checkpoint, folder_options=options)
@@ -302,6 +344,10 @@ def _infer(args: argparse.Namespace) -> int:
     if args.output_dir is not None:
         changes["output_dir"] = os.path.expanduser(args.output_dir)
     samples = {name: dataclasses.replace(cfg, **changes) for name, cfg in samples.items()}
+    if int(os.environ.get("RANK", "0")) == 0:
+        from cosmos_engine.plan import announce
+
+        announce(dataclasses.replace(recipe, infer=next(iter(samples.values()))), "infer")
     for result in run_infer(recipe.model, samples, progress=args.progress, trust_checkpoint=args.trust_checkpoint,
                             context_parallel=args.context_parallel):
         print(result.video_path)

@@ -25,29 +25,67 @@ log = logging.getLogger(__name__)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "B200": 2250e12, "L40S": 362e12}
 
 
-def dit_forward_flops(cfg: Any, latent_thw: tuple[int, int, int], text_tokens: int) -> float:
+def dit_forward_flops_by_kind(cfg: Any, latent_thw: tuple[int, int, int], text_tokens: int) -> dict[str, float]:
     """Multiply-add FLOPs (2 per MAC) of one DiT forward for one sample, from the config (`DiTConfig`
-    field names) and the latent size (T, H, W). Counts every matmul and both attentions; elementwise
-    work is negligible next to them and left out."""
+    field names) and the latent size (T, H, W), split into "gemm" (every Linear: projections, MLP, AdaLN
+    modulations, timestep MLP, patch embedding, final layer, text projection) and "attention" (QK^T and PV
+    of both attentions). Elementwise work is left out. Timesteps are one per sample ([B, 1]); per-frame
+    timesteps multiply the small AdaLN terms by the latent frame count."""
     t, h, w = latent_thw
     tokens = (t // cfg.patch_temporal) * (h // cfg.patch_spatial) * (w // cfg.patch_spatial)
     d, dc, hidden = cfg.model_channels, cfg.crossattn_emb_channels, int(cfg.model_channels * cfg.mlp_ratio)
-    patch_in = (cfg.in_channels + 2) * cfg.patch_spatial ** 2 * cfg.patch_temporal  # + condition and padding masks
+    patch_in = cfg.patch_in_channels * cfg.patch_spatial ** 2 * cfg.patch_temporal  # + condition and padding masks
     patch_out = cfg.out_channels * cfg.patch_spatial ** 2 * cfg.patch_temporal
-    per_block = (
+    rank = cfg.adaln_lora_dim
+    gemm_per_block = (
         4 * tokens * d * d              # self-attention q, k, v, output projections
-        + 2 * tokens * tokens * d       # QK^T and PV over all tokens
         + 2 * tokens * d * d            # cross-attention q and output projections
         + 2 * text_tokens * dc * d      # cross-attention k, v from the projected text
-        + 2 * tokens * text_tokens * d  # cross-attention QK^T and PV
         + 2 * tokens * d * hidden       # MLP
+        + 3 * (d * rank + rank * 3 * d)  # AdaLN-LoRA modulations (one row per sample)
     )
-    macs = (
-        cfg.num_blocks * per_block
+    attention_per_block = 2 * tokens * tokens * d + 2 * tokens * text_tokens * d  # QK^T and PV, self and cross
+    text_in = cfg.crossattn_proj_in_channels if cfg.use_crossattn_projection else 0
+    gemm = (
+        cfg.num_blocks * gemm_per_block
         + tokens * patch_in * d + tokens * d * patch_out            # patch embedding, final linear
-        + text_tokens * cfg.crossattn_proj_in_channels * dc         # text projection
+        + d * rank + rank * 2 * d                                   # final layer's modulation
+        + d * d + d * 3 * d                                         # timestep MLP
+        + text_tokens * text_in * dc                                # text projection
     )
-    return 2.0 * macs
+    return {"gemm": 2.0 * gemm, "attention": 2.0 * cfg.num_blocks * attention_per_block}
+
+
+def dit_forward_flops(cfg: Any, latent_thw: tuple[int, int, int], text_tokens: int) -> float:
+    """FLOPs of one DiT forward for one sample (`dit_forward_flops_by_kind`, both kinds): what MFU counts."""
+    return sum(dit_forward_flops_by_kind(cfg, latent_thw, text_tokens).values())
+
+
+def _register_attention_flops() -> None:
+    """Let `torch.utils.flop_counter.FlopCounterMode` count our attention ops as it counts SDPA's: the
+    forward is QK^T and PV (4 B h Lq Lk d), the backward recomputes the scores and computes dV, dP, dQ and
+    dK (10 B h Lq Lk d). Tests compare `dit_forward_flops` with FlopCounterMode through these."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    from cosmos_engine.ops import _library
+
+    if not _library.is_loaded():
+        return
+
+    def scores(q_shape, k_shape) -> int:
+        batch, q_len, heads, dim = q_shape
+        return batch * heads * q_len * k_shape[1] * dim
+
+    @register_flop_formula(torch.ops.cosmos_engine.attention_fwd)
+    def _fwd_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+        return 4 * scores(q_shape, k_shape)
+
+    @register_flop_formula(torch.ops.cosmos_engine.attention_bwd)
+    def _bwd_flops(grad_out_shape, q_shape, k_shape, *args, **kwargs) -> int:
+        return 10 * scores(q_shape, k_shape)
+
+
+_register_attention_flops()
 
 
 def peak_flops(device: torch.device) -> float | None:
