@@ -75,6 +75,12 @@ TORCH_LIBRARY(cosmos_engine, m) {
       "rmsnorm_rope_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor? cos, Tensor? sin, Tensor rstd) "
       "-> (Tensor grad_x, Tensor grad_weight)");
 
+  // The Wan2.1 VAE's channel RMS norm of x [B, C, ...] (channels in dim 1, innermost in memory for the
+  // fast path; other layouts are converted once): x / max(||x||_2 over C, 1e-12) * sqrt(C) * gamma
+  // (gamma [C] or [C, 1, ...], x's dtype or float32), then SiLU when `silu`. fp32 math (fp64 for fp64),
+  // one rounding to x's dtype; out is channels-last. Forward only (the VAE is frozen).
+  m.def("rms_norm_silu_fwd(Tensor x, Tensor gamma, bool silu) -> Tensor");
+
   // Non-causal softmax attention without mask: out = softmax(q k^T / sqrt(D)) v over q [B, Lq, H, D] and
   // k, v [B, Lk, H, D], read in place through their strides; fp32 math (fp64 for fp64), out in q's
   // dtype. lse [B, H, Lq] in the accumulation dtype is log sum_j exp(q.k_j / sqrt(D)), saved for the

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+import cosmos_engine
 from cosmos_engine import ops
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models.wan_vae import (LATENT_MEAN, LATENT_STD, FeatureCache, VAEConfig, WanVAE,
@@ -86,10 +87,16 @@ def test_latent_normalization_uses_the_bf16_rounded_constants(case):
     assert torch.equal(torch.tensor(LATENT_STD), case["meta"]["latent_std_fp32"])
 
 
+KERNEL_BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
+    not cosmos_engine.build_info()["loaded"], reason="the compiled library _C is not built"))]
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("output", ["latent_mu_raw", "latent_normalized", "decoded_video"])
-def test_parity_with_official_fp32(case, official_vae, output):
+def test_parity_with_official_fp32(case, official_vae, output, backend):
+    """Today's path (reference ops, NCDHW) and the kernel path (compiled ops, channels-last) both match."""
     video = case["inputs"]["video_B_3_T_H_W"]
-    with ops.force_backend("reference"):
+    with ops.force_backend(backend):
         if output == "latent_mu_raw":
             out = official_vae.encode_mu(video)
         elif output == "latent_normalized":
@@ -186,6 +193,53 @@ def test_causal_conv3d_errors_name_the_argument():
         ops.causal_conv3d(x, weight, torch.zeros(2, dtype=torch.float64), None, (2, 1, 1))
     with pytest.raises(ValueError, match="fewer than the temporal kernel"):
         ops.causal_conv3d(x[:, :, :1], weight, None, None, (0, 1, 1))
+
+
+@pytest.mark.skipif(not cosmos_engine.build_info()["loaded"], reason="the compiled library _C is not built")
+def test_kernel_path_keeps_channels_last_and_reference_path_does_not(vae):
+    """With the compiled ops every conv and norm of encode and decode sees channels innermost in memory
+    (NDHWC / NHWC; no layout change between the first conv and the last), and both return NCDHW; with
+    force_backend("reference") the first conv sees today's NCDHW. Both agree to float rounding."""
+    from cosmos_engine.models.wan_vae import CausalConv3d, RMSNorm
+
+    seen: list[tuple[str, bool]] = []
+    layers = [m for m in vae.modules() if isinstance(m, (CausalConv3d, RMSNorm, torch.nn.Conv2d))]
+    hooks = [m.register_forward_pre_hook(
+        lambda m, args: seen.append((type(m).__name__, args[0].shape[1] == 1 or args[0].stride(1) == 1)))
+        for m in layers]
+    video = random_video(2, 3, 5, 16, 24, seed=5)
+    try:
+        with ops.force_backend("cpu"):
+            latent = vae.encode(video)
+            decoded = vae.decode(latent)
+        kernel_seen, seen[:] = list(seen), []
+        with ops.force_backend("reference"):
+            ref_latent = vae.encode(video)
+            ref_decoded = vae.decode(ref_latent)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(kernel_seen) > 100 and all(innermost for _, innermost in kernel_seen), \
+        [name for name, innermost in kernel_seen if not innermost]
+    # today's path: NCDHW from the first conv (later layers follow whatever layout PyTorch's ops pick)
+    assert seen[0] == ("CausalConv3d", False)
+    assert latent.is_contiguous() and decoded.is_contiguous()
+    assert rel_err(latent, ref_latent) <= REL_TOL and rel_err(decoded, ref_decoded) <= REL_TOL
+
+
+def test_cache_keeps_views_only_where_they_cost_no_memory():
+    """_last_frames: a view of a chunk no longer than the kept frames, a copy of the kept frames of a
+    longer chunk (not the whole chunk kept alive), the join of context and a short chunk."""
+    from cosmos_engine.models.wan_vae import _last_frames
+
+    x = torch.randn(1, 4, 6, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+    short = x[:, :, :1]
+    assert _last_frames(short, None, 2).data_ptr() == short.data_ptr()
+    assert _last_frames(x[:, :, :2], None, 2).data_ptr() == x.data_ptr()
+    kept = _last_frames(x, None, 2)
+    assert torch.equal(kept, x[:, :, -2:]) and kept.untyped_storage().nbytes() == kept.numel() * 4
+    joined = _last_frames(short, x[:, :, 3:5], 2)
+    assert torch.equal(joined, torch.cat([x[:, :, 4:5], short], dim=2))
 
 
 # ---- tiling ---------------------------------------------------------------------------------------------------

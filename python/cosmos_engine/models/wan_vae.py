@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cosmos_engine import ops
+from cosmos_engine.ops import _backend
 from cosmos_engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,33 @@ class FeatureCache:
 
 
 def _last_frames(x: torch.Tensor, context: torch.Tensor | None, count: int) -> torch.Tensor:
-    """The last `count` frames of the sequence `context ++ x` (fewer at the start of the video), copied so
-    the cache does not keep the whole chunk alive."""
-    if x.shape[2] >= count or context is None:
-        return x[:, :, -count:].clone()
-    return torch.cat([context[:, :, x.shape[2] - count:], x], dim=2)
+    """The last `count` frames of the sequence `context ++ x` (fewer at the start of the video).
+
+    A view of x when x has no more than `count` frames (then keeping x alive costs nothing extra: the first
+    chunk, and every chunk of the low-resolution layers); a copy of its last `count` frames when it has
+    more, so the cache does not keep a whole chunk alive per layer (that would double the cache's share of
+    the decode peak at full resolution). Only a chunk shorter than `count` after the first one needs the
+    two joined (1-frame chunks at latent resolution: a 2-frame copy)."""
+    frames = x.shape[2]
+    if frames >= count or context is None:
+        return x[:, :, -count:] if frames <= count else x[:, :, -count:].clone()
+    return torch.cat([context[:, :, frames - count:], x], dim=2)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x in the layout the compiled ops want (channels innermost, NDHWC / NHWC) on the kernel path; x as
+    it is on the reference path, which is today's NCDHW computation. A no-op when x is already so."""
+    if _backend.select(x.device) == "reference":
+        return x
+    return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+
+
+def _causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, context: torch.Tensor | None,
+                 padding: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
+    """ops.causal_conv3d, its output kept in x's layout: the compiled op returns channels-last for a
+    channels-last x, but the reference (F.conv3d after a cat) picks NCDHW for some shapes (the strided
+    time convs), which `_channels_last` turns back (a no-op on the reference path and when already so)."""
+    return _channels_last(ops.causal_conv3d(x, weight, bias, context, padding, stride))
 
 
 class CausalConv3d(nn.Conv3d):
@@ -158,24 +181,25 @@ class CausalConv3d(nn.Conv3d):
         if cache is not None and past > 0:
             context = cache.get(self)
             cache.put(self, _last_frames(x, context, past))
-        return ops.causal_conv3d(x, self.weight, self.bias, context, self.causal_padding, self.stride)
+        return _causal_conv(x, self.weight, self.bias, context, self.causal_padding, self.stride)
 
 
 class RMSNorm(nn.Module):
-    """The official `RMS_norm`: x / max(||x||_2 over channels, 1e-12) * sqrt(C) * gamma, channels in dim 1.
+    """The official `RMS_norm`: x / max(||x||_2 over channels, 1e-12) * sqrt(C) * gamma, channels in dim 1,
+    followed by SiLU when `silu` (`_run` fuses an RMSNorm with the nn.SiLU after it: `ops.rms_norm_silu`).
     gamma is (C, 1, 1, 1) for videos and (C, 1, 1) for the per-frame images of the attention block."""
 
     def __init__(self, dim: int, images: bool = False) -> None:
         super().__init__()
-        self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        return ops.rms_norm_silu(x, self.gamma, silu)
 
 
 def _frames_to_batch(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, T, H, W] -> [B*T, C, H, W] for the per-frame 2-D layers."""
+    """[B, C, T, H, W] -> [B*T, C, H, W] for the per-frame 2-D layers (a view when x is channels-last:
+    NDHWC memory is (B*T) frames of NHWC)."""
     b, c, t, h, w = x.shape
     return x.transpose(1, 2).reshape(b * t, c, h, w)
 
@@ -227,20 +251,23 @@ class Resample(nn.Module):
             if x.shape[2] == 0:
                 return head
         y = self.time_conv(x, cache)  # [B, 2C, n, H, W]: channels [0, C) the earlier, [C, 2C) the later frame
-        b, _, n, h, w = y.shape
-        y = y.view(b, 2, -1, n, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 2 * n, h, w)
-        return y if head is None else torch.cat([head, y], dim=2)
+        b, c2, n, h, w = y.shape
+        # Interleave the halves in time with one copy into a tensor of y's layout (channels-last stays so).
+        out = torch.empty((b, c2 // 2, 2 * n, h, w), dtype=y.dtype, device=y.device,
+                          memory_format=torch.channels_last_3d if y.stride(1) == 1 else torch.contiguous_format)
+        out.unflatten(2, (n, 2)).copy_(y.unflatten(1, (2, c2 // 2)).permute(0, 2, 3, 1, 4, 5))
+        return out if head is None else torch.cat([head, out], dim=2)
 
     def _time_downsample(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """[B, C, T, H, W] -> [B, C, (T + 1) // 2 on the first chunk, T // 2 later, H, W]."""
         conv = self.time_conv
         context = cache.get(self)
-        cache.put(self, x[:, :, -1:].clone())
+        cache.put(self, _last_frames(x, None, 1))
         if context is not None:  # the windows of this chunk start at the previous chunk's last frame
-            return ops.causal_conv3d(x, conv.weight, conv.bias, context, (1, 0, 0), conv.stride)
+            return _causal_conv(x, conv.weight, conv.bias, context, (1, 0, 0), conv.stride)
         if x.shape[2] == 1:
             return x
-        windows = ops.causal_conv3d(x, conv.weight, conv.bias, None, (0, 0, 0), conv.stride)
+        windows = _causal_conv(x, conv.weight, conv.bias, None, (0, 0, 0), conv.stride)
         return torch.cat([x[:, :, :1], windows], dim=2)
 
 
@@ -274,10 +301,11 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         y = self.norm(_frames_to_batch(x))
-        qkv = self.to_qkv(y).reshape(b * t, 1, 3 * c, h * w).transpose(2, 3).contiguous()
+        # [B*T, 3C, H, W] -> [B*T, 1, H*W, 3C]: a view of a channels-last conv output, else one copy.
+        qkv = self.to_qkv(y).permute(0, 2, 3, 1).reshape(b * t, 1, h * w, 3 * c)
         q, k, v = qkv.chunk(3, dim=-1)  # [B*T, 1, H*W, C] each
         y = F.scaled_dot_product_attention(q, k, v)
-        y = y.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
+        y = y.reshape(b * t, h, w, c).permute(0, 3, 1, 2)  # a channels-last view [B*T, C, H, W]
         return _batch_to_frames(self.proj(y), t) + x
 
 
@@ -285,8 +313,17 @@ _TAKES_CACHE = (CausalConv3d, ResidualBlock, Resample)
 
 
 def _run(layers: nn.Sequential, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-    for layer in layers:
-        x = layer(x, cache) if isinstance(layer, _TAKES_CACHE) else layer(x)
+    """Run `layers` in order; an RMSNorm followed by nn.SiLU (residual blocks, heads) runs as one op."""
+    fuse_next = False
+    for i, layer in enumerate(layers):
+        if fuse_next:  # this SiLU ran inside the previous RMSNorm
+            fuse_next = False
+            continue
+        if isinstance(layer, RMSNorm):
+            fuse_next = i + 1 < len(layers) and isinstance(layers[i + 1], nn.SiLU)
+            x = layer(x, silu=fuse_next)
+        else:
+            x = layer(x, cache) if isinstance(layer, _TAKES_CACHE) else layer(x)
     return x
 
 
@@ -330,11 +367,11 @@ class Encoder3d(nn.Module):
 
     def forward_local(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """conv1 and the down stages: each output pixel sees a bounded neighbourhood (tileable)."""
-        return _run(self.downsamples, self.conv1(x, cache), cache)
+        return _run(self.downsamples, self.conv1(_channels_last(x), cache), cache)
 
     def forward_global(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """The middle blocks (per-frame attention over the whole frame) and the head."""
-        return _run(self.head, _run(self.middle, x, cache), cache)
+        return _run(self.head, _run(self.middle, _channels_last(x), cache), cache)
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         return self.forward_global(self.forward_local(x, cache), cache)
@@ -372,11 +409,11 @@ class Decoder3d(nn.Module):
 
     def forward_global(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """conv1 and the middle blocks (per-frame attention over the whole frame)."""
-        return _run(self.middle, self.conv1(x, cache), cache)
+        return _run(self.middle, self.conv1(_channels_last(x), cache), cache)
 
     def forward_local(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """The up stages and the head: each output pixel sees a bounded neighbourhood (tileable)."""
-        return _run(self.head, _run(self.upsamples, x, cache), cache)
+        return _run(self.head, _run(self.upsamples, _channels_last(x), cache), cache)
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         return self.forward_local(self.forward_global(x, cache), cache)
@@ -507,12 +544,21 @@ class WanVAE(nn.Module):
         self._check_latent(latent)
         z = latent.to(self.dtype)
         z = z / self.latent_inv_std.to(z.dtype) + self.latent_mean.to(z.dtype)
-        x = self.conv2(z)
+        x = self.conv2(_channels_last(z))
         if tiled:
             video = self._decode_tiled(x, *self._tile_args(tile_size, tile_overlap))
         else:
+            # Each chunk's frames go straight into the (NCDHW) video: no list of chunks and no cat, so the
+            # output is held once.
             cache = FeatureCache()
-            video = torch.cat([self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])], dim=2)
+            tf = self.config.temporal_factor
+            video = torch.empty(x.shape[0], 3, 1 + (x.shape[2] - 1) * tf, *(s * self.config.spatial_factor
+                                for s in x.shape[3:]), dtype=x.dtype, device=x.device)
+            frame = 0
+            for i in range(x.shape[2]):
+                out = self.decoder(x[:, :, i:i + 1], cache)
+                video[:, :, frame:frame + out.shape[2]].copy_(out)
+                frame += out.shape[2]
         return video.to(latent.dtype)
 
     def exact_tile_overlap(self) -> int:
@@ -538,7 +584,7 @@ class WanVAE(nn.Module):
         else:
             cache = FeatureCache()
             out = torch.cat([self.encoder(x[:, :, a:b], cache) for a, b in chunks], dim=2)
-        return self.conv1(out)[:, :self.config.z_dim]
+        return self.conv1(out)[:, :self.config.z_dim].contiguous()
 
     def _encode_tiled(self, x: torch.Tensor, chunks: list[tuple[int, int]], size: int, overlap: int) -> torch.Tensor:
         f, tf = self.config.spatial_factor, self.config.temporal_factor

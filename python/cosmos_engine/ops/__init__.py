@@ -9,6 +9,7 @@ from cosmos_engine.ops.adaln_layernorm import adaln_layernorm
 from cosmos_engine.ops.attention import attention
 from cosmos_engine.ops.causal_conv3d import causal_conv3d
 from cosmos_engine.ops.gate_residual import gate_residual
+from cosmos_engine.ops.rms_norm_silu import rms_norm_silu
 from cosmos_engine.ops.rmsnorm_rope import rmsnorm_rope
 
-__all__ = ["adaln_layernorm", "attention", "causal_conv3d", "force_backend", "gate_residual", "rmsnorm_rope"]
+__all__ = ["adaln_layernorm", "attention", "causal_conv3d", "force_backend", "gate_residual", "rms_norm_silu", "rmsnorm_rope"]

@@ -62,6 +62,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out.to(q.dtype)
 
 
+def rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, silu: bool = True) -> torch.Tensor:
+    """The Wan2.1 VAE's `RMS_norm` of x [B, C, ...] over the channels in dim 1, as the official writes it:
+    F.normalize(x, dim=1) (x / max(||x||_2, 1e-12)) * sqrt(C) * gamma, gamma with C values; then SiLU
+    when `silu`. Keeps x's memory layout."""
+    acc = acc_dtype(x)
+    channels = x.shape[1]
+    y = F.normalize(x.to(acc), dim=1) * channels**0.5 * gamma.to(acc).reshape(channels, *(1,) * (x.dim() - 2))
+    if silu:
+        y = F.silu(y)
+    return y.to(x.dtype)
+
+
 def causal_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cache_x: torch.Tensor | None,
                   padding: tuple[int, int, int], stride: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
     """3-D convolution of x [B, C_in, T, H, W] that is causal in time (the Wan2.1 VAE's CausalConv3d).
