@@ -7,7 +7,8 @@ downsample): the residual 3x3x3 convs of each level, a widening 3x3x3 with its 1
 decoder's (3,1,1) temporal upsample (C -> 2C) and the encoder's (3,1,1) stride-(2,1,1) downsample.
 Our op gets channels-last inputs (the layout the VAE keeps); the reference gets channels-first ones, as
 today's VAE runs it. GFLOP/s counts 2 * outputs * C_in * kT * kH * kW, and is also reported as a fraction
-of the fp32 `torch.mm` 2048 x 2048 rate measured in this same process.
+of the fp32 `torch.mm` 2048 x 2048 rate measured in this same process. Providers are timed in interleaved
+rounds so that the load of other processes on this shared machine skews them alike.
 
     python benchmarks/kernels/bench_causal_conv3d.py [--size 64] [--frames 4] [--dtypes float32] [--reps 3]
 """
@@ -15,8 +16,10 @@ of the fp32 `torch.mm` 2048 x 2048 rate measured in this same process.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -51,6 +54,19 @@ def gemm_rate() -> float:
     return 2 * 2048**3 / median(time_fn(lambda: torch.mm(a, b), torch.device("cpu"), warmup=3, reps=10))
 
 
+def interleaved_times(calls: dict, reps: int) -> dict:
+    """Median seconds per call of each provider, timed in rounds (one call of each per round, after one
+    warm-up round), so a change in the machine's load hits every provider alike."""
+    samples = {name: [] for name in calls}
+    for round_ in range(reps + 1):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            if round_:
+                samples[name].append(time.perf_counter() - t0)
+    return {name: median(ts) for name, ts in samples.items()}
+
+
 def main() -> None:
     reexec_with_malloc_tuning()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,9 +85,6 @@ def main() -> None:
             return ops.causal_conv3d(x, weight, bias, cache, padding, stride)
 
     providers = {"ours": ours, "reference": reference.causal_conv3d, "compiled": compiled_reference}
-    if hasattr(torch.ops.cosmos_engine, "causal_conv3d_igemm_fwd"):  # the design-(b) experiment, when built
-        providers["igemm"] = lambda x, w, b, c, p, s: torch.ops.cosmos_engine.causal_conv3d_igemm_fwd(
-            x, w, b, c, list(p), list(s))
     rows = []
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
@@ -89,37 +102,35 @@ def main() -> None:
             flop = 2 * out.numel() * cin * kernel[0] * kernel[1] * kernel[2]
             row = {"dtype": dtype_name, "conv": name, "C_in": cin, "C_out": cout, "HxW": f"{height}x{width}",
                    "T_out": out.shape[2], "GFLOP": flop / 1e9}
+            calls = {}
             for pname, fn in providers.items():
-                if pname == "igemm" and dtype != torch.float32:
-                    continue
-                channels_last = pname in ("ours", "igemm")
+                channels_last = pname == "ours"
                 inputs = (x_cl if channels_last else x, weight, bias, cache_cl if channels_last else cache, padding, stride)
+                calls[pname] = functools.partial(fn, *inputs)
                 with torch.no_grad():
-                    got = fn(*inputs)
-                    torch.testing.assert_close(got.float(), out.float(), atol=1e-2, rtol=1e-2)  # same conv, sanity
-                    seconds = median(time_fn(lambda: fn(*inputs), device, warmup=1, reps=args.reps,
-                                             min_cpu_reps=args.reps))
+                    torch.testing.assert_close(calls[pname]().float(), out.float(), atol=1e-2, rtol=1e-2)  # sanity
+            with torch.no_grad():
+                times = interleaved_times(calls, args.reps)
+            for pname, seconds in times.items():
                 row[f"{pname}_ms"] = seconds * 1e3
                 row[f"{pname}_GFLOPs"] = flop / seconds / 1e9
             row["vs_reference"] = row["reference_ms"] / row["ours_ms"]
             row["vs_compiled"] = row["compiled_ms"] / row["ours_ms"]
             row["ours_frac_gemm"] = row["ours_GFLOPs"] * 1e9 / gemm
-            if "igemm_ms" in row:
-                row["igemm_vs_ours"] = row["ours_ms"] / row["igemm_ms"]
             rows.append(row)
             print(row, flush=True)
     load = {"before": load_before, "after": os.getloadavg()}
     path = write_result("causal_conv3d", device, {
         "op": "causal_conv3d", "size": args.size, "frames": args.frames, "reps": args.reps,
         "gemm_2048_fp32_GFLOPs": gemm / 1e9, "flop_convention": "2 * outputs * C_in * kT * kH * kW",
-        "inputs": "ours/igemm channels_last_3d, reference/compiled channels-first (today's VAE)",
+        "inputs": "ours channels_last_3d, reference/compiled channels-first (today's VAE)",
+        "timing": "interleaved rounds, one call per provider per round, median of reps rounds after one warm-up",
         "load_average_1_5_15min": load, "rows": rows,
     })
     print(f"{torch.get_num_threads()} threads, fp32 torch.mm 2048^2: {gemm / 1e9:.1f} GFLOP/s; load average "
           f"before {load_before[0]:.1f}, after {load['after'][0]:.1f} (other processes skew timings)")
-    columns = ["dtype", "conv", "C_in", "C_out", "HxW", "T_out", "ours_ms", "reference_ms", "compiled_ms", "igemm_ms",
-               "vs_reference", "vs_compiled", "igemm_vs_ours", "ours_GFLOPs", "ours_frac_gemm"]
-    print_table(rows, [c for c in columns if any(c in r for r in rows)])
+    print_table(rows, ["dtype", "conv", "C_in", "C_out", "HxW", "T_out", "ours_ms", "reference_ms", "compiled_ms",
+                       "vs_reference", "vs_compiled", "ours_GFLOPs", "ours_frac_gemm"])
     print(f"wrote {path}")
 
 

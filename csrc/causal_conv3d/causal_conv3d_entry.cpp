@@ -4,7 +4,9 @@
 #include "common/checks.h"
 #include "common/output.h"
 
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/convolution.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/MemoryFormat.h>
 
@@ -102,6 +104,28 @@ at::Tensor convolve(const Call& c, const at::Tensor& weight, const std::optional
                     at::ScalarType compute) {
   std::optional<at::Tensor> conv_bias;
   if (bias.has_value()) conv_bias = bias->to(compute);
+  const bool pointwise = weight.size(2) == 1 && weight.size(3) == 1 && weight.size(4) == 1 && c.stride[0] == 1 &&
+                         c.stride[1] == 1 && c.stride[2] == 1 && !c.gather;
+  if (pointwise) {
+    // A 1x1x1 conv of channels-last x is one GEMM: [B*T*H*W, C_in] x [C_in, C_out], its result already
+    // channels-last. (ATen's conv picks its unblocked native path for these shapes, which converts to
+    // channels-first and back.)
+    const at::Tensor& in = c.conv_input;
+    const int64_t cout = weight.size(0), cin = weight.size(1);
+    const at::Tensor rows = in.permute({0, 2, 3, 4, 1}).reshape({-1, cin});
+    const at::Tensor w = weight.to(compute).reshape({cout, cin}).t();
+    at::Tensor flat = empty_output({rows.size(0), cout}, rows.options());
+    if (conv_bias.has_value()) {
+      at::addmm_out(flat, *conv_bias, rows, w);
+    } else {
+      at::mm_out(flat, rows, w);
+    }
+    at::Tensor out = flat.view({in.size(0), in.size(2), in.size(3), in.size(4), cout}).permute({0, 4, 1, 2, 3});
+    if (out.scalar_type() == c.x.scalar_type()) return out;
+    at::Tensor result = empty_output(out.sizes(), out.options().dtype(c.x.scalar_type())
+                                                      .memory_format(at::MemoryFormat::ChannelsLast3d));
+    return result.copy_(out);
+  }
   at::Tensor out = at::convolution(c.conv_input, weight.to(compute), conv_bias, {c.stride[0], c.stride[1], c.stride[2]},
                                    {0, 0, 0}, {1, 1, 1}, /*transposed=*/false, {0, 0, 0}, /*groups=*/1);
   // The contract: channels_last_3d with the canonical strides (what the fake returns), in x's dtype.

@@ -130,15 +130,16 @@ def test_other_layouts_are_converted_correctly(layout):
                          ids=lambda c: c[0])
 def test_channels_last_fp32_makes_no_activation_copies(conv):
     """Channels-last fp32 x and cache are read in place: no cat or pad runs and nothing of their size is
-    copied (the gather writes the padded buffer itself; a 1x1x1 conv convolves x directly). The height
-    is large enough for ATen to pick oneDNN (B*C*T*H > 20480), which keeps channels-last throughout."""
+    copied (the gather writes the padded buffer itself; a 1x1x1 conv is one GEMM on x). The height is
+    large enough for ATen to pick oneDNN (B*C*T*H > 20480), which keeps channels-last throughout."""
     _name, cin, cout, kernel, padding = conv
     x, weight, bias, cache, _ = make_inputs(cin, cout, kernel, 4, padding[0] or None, 96, 3, torch.float32, "cpu")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         out = ops.causal_conv3d(x, weight, bias, cache, padding)
     events = prof.key_averages(group_by_input_shape=True)
     ran = {e.key for e in events}
-    assert "aten::mkldnn_convolution" in ran and not ran & {"aten::cat", "aten::constant_pad_nd", "aten::pad"}, ran
+    expected = "aten::addmm" if kernel == (1, 1, 1) else "aten::mkldnn_convolution"  # 1x1x1: one GEMM on x
+    assert expected in ran and not ran & {"aten::cat", "aten::constant_pad_nd", "aten::pad"}, ran
     copies = [(e.key, e.input_shapes) for e in events if e.key in ("aten::copy_", "aten::clone", "aten::contiguous")]
     activation_copies = [c for c in copies if any(len(s) == 5 and s[:2] == [1, cin] for s in c[1])]
     assert not activation_copies, activation_copies  # (oneDNN may reorder the small weight)

@@ -24,8 +24,25 @@ How it runs: one fused gather writes the zero-padded, cache-prefixed channels-la
 the CPU, x's dtype on CUDA), then ATen's convolution runs on it: oneDNN's channels-last kernel on the CPU
 (at::convolution picks mkldnn_convolution for channels_last_3d fp32 and returns channels_last_3d),
 cuDNN's NDHWC kernel on CUDA (bf16/fp16 accumulate in fp32 inside cuDNN). Convs without past, padding or
-cache frames (the 1x1x1 shortcuts, the first chunk's stride-2 temporal downsample) skip the gather.
-DESIGN_NOTE
+cache frames (the 1x1x1 shortcuts, the first chunk's stride-2 temporal downsample) skip the gather, and a
+1x1x1 conv is one GEMM on the channels-last x viewed as [B*T*H*W, C_in] (cuBLAS / the CPU BLAS). For small
+inputs (B*C*T*H <= 20480) ATen's heuristic takes its native conv instead of oneDNN; the result is then
+converted to channels-last once.
+
+Why not an implicit GEMM on the CPU: both designs were measured in one run of
+benchmarks/kernels/bench_causal_conv3d.py (2B channels, 64x64 video, chunks of 4 frames + cache, fp32,
+2 Zen 3 threads under a load average of ~15, so ratios, not absolute rates, are what count; that run's
+JSON is benchmarks/results/20261202_cpu_causal_conv3d.json as of commit d9d58ee, which also holds the
+experiment's code). An AVX2/FMA implicit GEMM (a register tile of 6 output pixels x 16 output channels,
+taps and C_in reduced in place from the cache and the chunk) ran at 0.32-0.56x the speed of gather + oneDNN
+on every 3x3x3 and (3,1,1) conv (res3x3x3 96ch@64x64: 1633 ms vs 756 ms; 384ch@16x16: 2038 vs 860;
+time_up 384->768: 516 vs 183): oneDNN's JIT kernel blocks C_in for the caches and prefetches the weights,
+which the plain tile does not, and the gather costs one copy of the input against 27 * C_in MACs per
+input element. The tile won only on the 1x1x1 shortcut (30 vs 60 ms), because ATen sent that shape to its
+channels-first native path; the direct GEMM above now covers that case. So gather + ATen is kept.
+Against the reference (same machine, interleaved timing, the current JSON): 0.87-1.44x, about 1.0-1.17x
+on the 3x3x3 convs where the same oneDNN conv dominates, 1.14-1.44x on the temporal convs where the
+removed cat/pad copies weigh more.
 
 `force_backend("reference")` runs the PyTorch reference (`reference.causal_conv3d`: cat + F.pad + conv3d).
 """
