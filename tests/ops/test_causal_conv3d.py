@@ -154,6 +154,9 @@ def test_poisoned_outputs_are_fully_written():
         x, weight, bias, cache, _ = make_inputs(5, 6, (3, 3, 3), 3, 1, 6, 7, dtype, "cpu")
         out = torch.ops.cosmos_engine.causal_conv3d_fwd(x, weight, bias, cache, [2, 1, 1], [1, 1, 1])
         assert out.shape == (1, 6, 3, 6, 7) and torch.isfinite(out).all()
+        x, weight, bias, _, _ = make_inputs(5, 6, (1, 1, 1), 3, None, 6, 7, dtype, "cpu")  # the 1x1x1 GEMM path
+        out = torch.ops.cosmos_engine.causal_conv3d_fwd(x, weight, bias, None, [0, 0, 0], [1, 1, 1])
+        assert out.shape == (1, 6, 3, 6, 7) and torch.isfinite(out).all()
 
 
 def test_opcheck():
@@ -161,6 +164,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.cosmos_engine.causal_conv3d_fwd, (x, weight, bias, cache, [2, 1, 1], [1, 1, 1]))
     x, weight, _, _, _ = make_inputs(4, 4, (3, 1, 1), 5, None, 3, 4, torch.float32, "cpu")
     torch.library.opcheck(torch.ops.cosmos_engine.causal_conv3d_fwd, (x, weight, None, None, [0, 0, 0], [2, 1, 1]))
+    x, weight, bias, _, _ = make_inputs(4, 6, (1, 1, 1), 3, None, 3, 5, torch.float32, "cpu")
+    torch.library.opcheck(torch.ops.cosmos_engine.causal_conv3d_fwd, (x, weight, bias, None, [0, 0, 0], [1, 1, 1]))
 
 
 def test_torch_compile_fullgraph():
