@@ -90,4 +90,13 @@ TORCH_LIBRARY(cosmos_engine, m) {
   m.def(
       "attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
+
+  // The Wan VAE's causal 3-D convolution of x [B, C_in, T, H, W] with weight [C_out, C_in, kT, kH, kW]:
+  // padding = (past, height, width) puts `past` frames in front of x (cache_x [B, C_in, n <= past, H, W],
+  // the previous chunk's last input frames, after past - n zero frames), none behind, and zero rows/columns
+  // on both sides. x and cache_x are read in place (any strides), the padding is implicit; the output is
+  // channels_last_3d in x's dtype, accumulated in fp32 (fp64 for fp64). Forward only (the VAE is frozen).
+  m.def(
+      "causal_conv3d_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? cache_x, int[3] padding, int[3] stride) "
+      "-> Tensor");
 }
