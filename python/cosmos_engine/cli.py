@@ -179,11 +179,11 @@ def _fill_cache(recipe) -> None:
     from cosmos_engine.train.data import fill_cache
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    _, _, _, stats = fill_cache(recipe.model, recipe.data, device)
+    _, _, _, stats, text = fill_cache(recipe.model, recipe.data, device)
     what = "windows and captions" if recipe.data.cache == "windows" else 'captions only (the recipe has cache = "off")'
-    print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {stats.texts_encoded} "
-          f"captions encoded, {stats.hits} already cached, {stats.corrupt} recomputed (unreadable, written for "
-          "another key or holding NaN/Inf)")
+    print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {text.encoded} "
+          f"captions encoded, {stats.hits + text.hits} already cached, {stats.corrupt + text.corrupt} recomputed "
+          "(unreadable, written for another key or holding NaN/Inf)")
 
 
 # -------------------------------------------------------------------------------------------- convert

@@ -1,18 +1,18 @@
-"""The latent / text-embedding cache: encode each training window and each caption once, then train on files.
+"""The latent cache: encode each training window once, then train on files.
 
-The frozen VAE and text encoder give the same output for the same input, so re-running them at every
-step (as the official trainer does) is pure waste. Before training, `LatentCache.build` encodes what is
-missing (`build_text`: the captions only, for cache = "off") and stores it as safetensors under
-DATASET/cache/:
+The frozen VAE gives the same output for the same input, so re-running it at every step (as the official
+trainer does) is pure waste. Before training, `LatentCache.build` encodes what is missing and stores it as
+safetensors under DATASET/cache/ (the captions' embeddings go beside it, cache/text, through
+`data.text_embeddings`, which inference shares):
 
 ```
-cache/latents/<video sha256>/start<start>_n<num_frames>_<height>x<width>_<hash of VAE identity>.safetensors
-cache/text/<hash of prompt>_<hash of text-encoder identity>.safetensors
+cache/latents/<video sha256>/start<start>_n<num_frames>_<height>x<width>_<hash of VAE + decoder identity>.safetensors
 ```
 
 * Keys are content, not names: the video's sha256 (so editing a video invalidates exactly its entries),
-  the window, the training size and the encoder's `identity` string (so another VAE or text encoder, other
-  weights or another dtype, never reads stale latents). Each file also stores its full key as safetensors
+  the window, the training size, the encoder's `identity` string (so another VAE, other weights or another
+  dtype, never reads stale latents) and the video decoder with its version (PyAV and DALI need not give
+  the same pixels). Each file also stores its full key as safetensors
   metadata, checked on every read: an entry is used only if it was written for exactly this key.
 * A missing entry is computed. An unusable one (truncated, garbage, a folder, another key, a NaN or Inf
   value) is recomputed with a warning naming the file. safetensors checks that the header covers the file
@@ -26,8 +26,8 @@ cache/text/<hash of prompt>_<hash of text-encoder identity>.safetensors
   frames has one). Training then samples among these windows instead of any start: less start jitter, in
   exchange for no VAE at all in the training step.
 
-The encoders are anything with an `identity: str` and an `encode(...)` method (`VideoEncoder`,
-`TextEncoder` below), so this module does not depend on the model code.
+The encoder is anything with an `identity: str` and an `encode(...)` method (`VideoEncoder` below), so this
+module does not depend on the model code.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,15 +65,6 @@ class VideoEncoder(Protocol):
         """[B, 3, T, H, W] float in [-1, 1] -> latents [B, C, T', H', W']."""
 
 
-class TextEncoder(Protocol):
-    """The text encoder as the cache needs it."""
-
-    identity: str
-
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """B prompts -> embeddings [B, L, D]."""
-
-
 def window_starts(frames: int, num_frames: int) -> list[int]:
     """The cached windows of a video: ceil(frames / num_frames) starts, evenly spaced from 0 to the last
     possible start, so together they cover every frame."""
@@ -98,33 +89,22 @@ class LatentKey:
     height: int
     width: int
     encoder: str
+    decoder: str  # the video decoder and its version (`identity` of decode_pyav / decode_dali)
 
     def relpath(self) -> Path:
+        codecs = _short_hash(f"{self.encoder}\0{self.decoder}")
         return (Path("latents") / self.video_sha256 /
-                f"start{self.start:06d}_n{self.num_frames}_{self.height}x{self.width}_{_short_hash(self.encoder)}.safetensors")
+                f"start{self.start:06d}_n{self.num_frames}_{self.height}x{self.width}_{codecs}.safetensors")
 
     def metadata(self) -> dict[str, str]:
         return {"kind": "latent", "format": CACHE_FORMAT, "video_sha256": self.video_sha256, "start": str(self.start),
                 "num_frames": str(self.num_frames), "height": str(self.height), "width": str(self.width),
-                "encoder": self.encoder}
-
-
-@dataclass(frozen=True)
-class TextKey:
-    prompt: str
-    encoder: str
-
-    def relpath(self) -> Path:
-        return Path("text") / f"{_short_hash(self.prompt)}_{_short_hash(self.encoder)}.safetensors"
-
-    def metadata(self) -> dict[str, str]:
-        return {"kind": "text", "format": CACHE_FORMAT, "prompt": self.prompt, "encoder": self.encoder}
+                "encoder": self.encoder, "decoder": self.decoder}
 
 
 @dataclass
 class BuildStats:
     latents_encoded: int = 0
-    texts_encoded: int = 0
     hits: int = 0
     corrupt: int = 0  # entries found unusable (unreadable, another key, non-finite values), recomputed
     pruned: int = 0  # directories of videos no longer in the dataset
@@ -136,10 +116,10 @@ class LatentCache:
     def __init__(self, dataset_dir: Path) -> None:
         self.root = Path(dataset_dir) / "cache"
 
-    def path(self, key: LatentKey | TextKey) -> Path:
+    def path(self, key: LatentKey) -> Path:
         return self.root / key.relpath()
 
-    def _read(self, key: LatentKey | TextKey) -> tuple[torch.Tensor | None, str | None]:
+    def _read(self, key: LatentKey) -> tuple[torch.Tensor | None, str | None]:
         """(the tensor, None) when the entry for `key` is a file written for exactly this key with finite
         values, else (None, why not): "missing", or a reason to warn about."""
         path = self.path(key)
@@ -162,7 +142,7 @@ class LatentCache:
             return None, f"poisoned: {bad} of its {tensor.numel()} values are NaN or Inf"
         return tensor, None
 
-    def load(self, key: LatentKey | TextKey) -> torch.Tensor:
+    def load(self, key: LatentKey) -> torch.Tensor:
         """The cached tensor; DatasetError when the entry is missing or unusable."""
         tensor, problem = self._read(key)
         if problem is not None:
@@ -170,19 +150,20 @@ class LatentCache:
                                "before training starts)")
         return tensor
 
-    def store(self, key: LatentKey | TextKey, tensor: torch.Tensor) -> None:
+    def store(self, key: LatentKey, tensor: torch.Tensor) -> None:
         if self.path(key).is_dir():  # a folder in the entry's place would make the rename below fail
             shutil.rmtree(self.path(key))
         with atomic_path(self.path(key)) as tmp:
             save_file({"tensor": tensor.detach().contiguous().cpu()}, str(tmp), metadata=key.metadata())
 
     def latent_key(self, record: VideoRecord, start: int, dataset: VideoWindowDataset, vae_identity: str) -> LatentKey:
-        return LatentKey(record.sha256, start, dataset.num_frames, dataset.height, dataset.width, vae_identity)
+        return LatentKey(record.sha256, start, dataset.num_frames, dataset.height, dataset.width, vae_identity,
+                         dataset.decoder.identity)
 
-    def build(self, dataset: VideoWindowDataset, vae: VideoEncoder, text_encoder: TextEncoder, *,
+    def build(self, dataset: VideoWindowDataset, vae: VideoEncoder, *,
               device: torch.device | str = "cpu", num_workers: int = 0, rank: int = 0, world_size: int = 1,
               worker_init_fn: Callable[[int], None] | None = None) -> BuildStats:
-        """Encode every missing or unreadable entry of `dataset`'s windows and captions.
+        """Encode every missing or unreadable entry of `dataset`'s windows.
 
         With several ranks each checks and encodes every world_size-th entry; the caller must wait for all
         ranks (a barrier) before training reads the cache. A CPU decoder runs in `num_workers` DataLoader
@@ -198,7 +179,6 @@ class LatentCache:
         if rank == 0:
             stats.pruned = self._prune({record.sha256 for record in dataset.records})
             self._remove_leftovers()
-        self._encode_text(dataset, text_encoder, rank, world_size, stats)
 
         if todo:  # (a DataLoader starts its workers even for nothing)
             device = torch.device(device)
@@ -214,41 +194,16 @@ class LatentCache:
         self._log(stats)
         return stats
 
-    def build_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, *, rank: int = 0,
-                   world_size: int = 1) -> BuildStats:
-        """Only the captions (cache = "off" still encodes each caption once per run, not once per step)."""
-        stats = BuildStats()
-        if rank == 0:
-            self._remove_leftovers()
-        self._encode_text(dataset, text_encoder, rank, world_size, stats)
-        self._log(stats)
-        return stats
-
     def _remove_leftovers(self) -> None:
         """Temporary files of killed writers (a builder that is still alive keeps its own)."""
         for folder in [self.root, *(p for p in self.root.rglob("*") if p.is_dir())] if self.root.is_dir() else []:
             remove_stale_temporaries(folder)
 
-    def _encode_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, rank: int, world_size: int,
-                     stats: BuildStats) -> None:
-        prompts = sorted({record.prompt for record in dataset.records})
-        todo = [p for p in prompts[rank::world_size] if self._needed(TextKey(p, text_encoder.identity), stats)]
-        with torch.inference_mode():
-            for prompt in todo:
-                self.store(TextKey(prompt, text_encoder.identity), text_encoder.encode([prompt])[0])
-                stats.texts_encoded += 1
-
     def _log(self, stats: BuildStats) -> None:
-        log.info("latent cache %s: %d hits, %d latents and %d captions encoded, %d recomputed as unusable, "
-                 "%d stale video folders pruned", self.root, stats.hits, stats.latents_encoded, stats.texts_encoded,
-                 stats.corrupt, stats.pruned)
+        log.info("latent cache %s: %d hits, %d latents encoded, %d recomputed as unusable, %d stale video folders "
+                 "pruned", self.root, stats.hits, stats.latents_encoded, stats.corrupt, stats.pruned)
 
-    def text_embeddings(self, prompts: Sequence[str], encoder_identity: str) -> dict[str, torch.Tensor]:
-        """Each distinct prompt's cached embedding [L, D], loaded once: the trainer keeps these (the NeMo set
-        has one caption) and indexes them with the batch's `prompt` list."""
-        return {p: self.load(TextKey(p, encoder_identity)) for p in sorted(set(prompts))}
-
-    def _needed(self, key: LatentKey | TextKey, stats: BuildStats) -> bool:
+    def _needed(self, key: LatentKey, stats: BuildStats) -> bool:
         _, problem = self._read(key)
         if problem is None:
             stats.hits += 1
@@ -283,7 +238,7 @@ class CachedWindowDataset(Dataset):
     """(video index, start) -> the cached latent of that window and its caption; no decoding, no VAE.
 
     Item: `latent` [C, T', H', W'] (the VAE's dtype), `prompt` str, `fps` float, `video_index` int,
-    `start` int. Text embeddings come from `LatentCache.text_embeddings`, once per run.
+    `start` int. Text embeddings come from `data.text_embeddings`.
     """
 
     def __init__(self, cache: LatentCache, dataset: VideoWindowDataset, vae_identity: str) -> None:
