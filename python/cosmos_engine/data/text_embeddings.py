@@ -85,38 +85,38 @@ class TextEmbeddingStore:
     def problem(self, prompt: str) -> str | None:
         """None when the entry's header says it holds exactly this prompt's embedding, else why not:
         "missing", or a reason to warn about. Reads the header only."""
-        path = self.path(prompt)
-        if not path.exists():
-            return "missing"
-        if not path.is_file():
-            return "a folder, not a file"
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata, names = f.metadata(), list(f.keys())
-        except (SafetensorError, OSError) as exc:
-            return f"unreadable ({exc})"
-        if metadata != self.metadata(prompt):
-            return f"written for another key ({metadata})"
-        if names != ["tensor"]:
-            return f"holds tensors {names}, expected one named 'tensor'"
-        return None
+        return self._read(prompt, values=False)[1]
 
     def load(self, prompt: str) -> torch.Tensor:
         """The cached embedding; DatasetError naming the file when it is missing or unusable."""
-        problem = self.problem(prompt)
-        if problem is None:
-            try:
-                with safe_open(str(self.path(prompt)), framework="pt") as f:
-                    tensor = f.get_tensor("tensor")
-            except (SafetensorError, OSError) as exc:
-                problem = f"unreadable ({exc})"
-            else:
-                bad = tensor.numel() - int(torch.isfinite(tensor).sum())
-                if not bad:
-                    return tensor
-                problem = f"poisoned: {bad} of its {tensor.numel()} values are NaN or Inf"
-        raise DatasetError(f"{self.path(prompt)}: text embedding cache entry {problem}; delete it and start again "
-                           "(the start encodes every missing prompt)")
+        tensor, problem = self._read(prompt, values=True)
+        if problem is not None:
+            raise DatasetError(f"{self.path(prompt)}: text embedding cache entry {problem}; delete it and start "
+                               "again (the start encodes every missing prompt)")
+        return tensor
+
+    def _read(self, prompt: str, values: bool) -> tuple[torch.Tensor | None, str | None]:
+        """(the tensor when `values`, None) for a usable entry, else (None, why not); one open of the file."""
+        path = self.path(prompt)
+        if not path.exists():
+            return None, "missing"
+        if not path.is_file():
+            return None, "a folder, not a file"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata, names = f.metadata(), list(f.keys())
+                if metadata != self.metadata(prompt):
+                    return None, f"written for another key ({metadata})"
+                if names != ["tensor"]:
+                    return None, f"holds tensors {names}, expected one named 'tensor'"
+                tensor = f.get_tensor("tensor") if values else None
+        except (SafetensorError, OSError) as exc:
+            return None, f"unreadable ({exc})"
+        if tensor is not None:
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if bad:
+                return None, f"poisoned: {bad} of its {tensor.numel()} values are NaN or Inf"
+        return tensor, None
 
     def store(self, prompt: str, embedding: torch.Tensor) -> None:
         path = self.path(prompt)
