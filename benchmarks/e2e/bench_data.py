@@ -150,7 +150,7 @@ def main() -> None:
                              "seconds_per_window": median(times), "fps": args.window / median(times), "times": times})
 
         cache = LatentCache(Path(tmp))
-        key = LatentKey("0" * 64, 0, args.window, HEIGHT, WIDTH, "bench")
+        key = LatentKey("0" * 64, 0, args.window, HEIGHT, WIDTH, "bench", PyAVDecoder.identity)
         latent_frames = 1 + (args.window - 1) // 4
         cache.store(key, torch.randn(16, latent_frames, HEIGHT // 8, WIDTH // 8).to(torch.bfloat16))
         times = time_fn(lambda: torch.stack([cache.load(key)]), cpu, warmup=2, reps=args.reps)

@@ -32,9 +32,9 @@ from cosmos_engine.infer import unipc  # noqa: E402
 from cosmos_engine.infer.pipeline import guided_velocity  # noqa: E402
 from cosmos_engine.models.flavors import dit_config, vae_config  # noqa: E402
 from cosmos_engine.models.state_dict import build_dit  # noqa: E402
-from cosmos_engine.models.text_encoder import DEFAULT_NEGATIVE_PROMPT  # noqa: E402
+from cosmos_engine.data.encoders import text_encoder_source  # noqa: E402
 from cosmos_engine.models.wan_vae import WanVAE  # noqa: E402
-from cosmos_engine.train.data import build_text_encoder  # noqa: E402
+from cosmos_engine.prompts import DEFAULT_NEGATIVE_PROMPT  # noqa: E402
 
 STEPS = 35
 
@@ -46,7 +46,9 @@ def bench_flavor(flavor: str, frames: int, height: int, width: int, device: torc
     cfg = dit_config(flavor)
     if flavor == "tiny":
         with tempfile.TemporaryDirectory() as tmp:
-            encoder = build_text_encoder(ModelConfig(flavor="tiny", dtype="float32"), Path(tmp), device)
+            source = text_encoder_source(ModelConfig(flavor="tiny", dtype="float32"), Path(tmp) / "tiny_reason1")
+            source.prepare()
+            encoder = source.load(device)
             prompts = ["A video of sks teal robot.", DEFAULT_NEGATIVE_PROMPT]
             row["text_s"] = median(time_fn(lambda: encoder.embed(prompts), device, warmup=1, reps=reps))
             text = encoder.embed(prompts).float()

@@ -44,6 +44,7 @@ from cosmos_engine.config.schema import DataConfig, ModelConfig, TrainConfig  # 
 from cosmos_engine.data.cache import CachedWindowDataset, LatentCache  # noqa: E402
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records, make_decoder  # noqa: E402
 from cosmos_engine.data.prepare import prepare_synthetic  # noqa: E402
+from cosmos_engine.data.text_embeddings import cached_embeddings  # noqa: E402
 from cosmos_engine.models.cosmos_dit import CosmosDiT  # noqa: E402
 from cosmos_engine.models.flavors import dit_config, vae_config  # noqa: E402
 from cosmos_engine.models.wan_vae import WanVAE  # noqa: E402
@@ -86,12 +87,20 @@ def bench_tiny(tmp: Path, steps: int, warmup: int) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------- 2b
 class CaptionStandIn:
-    """Embeddings of the Reason1 shape for the cache; their values do not matter to the step's cost."""
-
-    identity = "bench-caption-stand-in/reason1-shape"
+    """Embeddings of the Reason1 shape for the cache (an encoder and its source in one); their values do not
+    matter to the step's cost."""
 
     def __init__(self, tokens: int, channels: int) -> None:
         self.tokens, self.channels = tokens, channels
+
+    def prepare(self) -> None:
+        pass
+
+    def identity(self, memo_file: Path | None = None) -> str:
+        return "bench-caption-stand-in/reason1-shape"
+
+    def load(self, device: torch.device) -> CaptionStandIn:
+        return self
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         return torch.randn(len(prompts), self.tokens, self.channels, generator=torch.Generator().manual_seed(0))
@@ -166,8 +175,8 @@ def bench_2b(tmp: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
     captions = CaptionStandIn(512, cfg.crossattn_proj_in_channels)
     cache = LatentCache(dataset_dir)
     windows = {"window_stride": DataConfig().window_stride, "max_cached_windows": DataConfig().max_cached_windows}
-    cache.build(videos, vae, captions, device=device, **windows)
-    text_by_prompt = cache.text_embeddings([r.prompt for r in videos.records], captions.identity)
+    cache.build(videos, vae, device=device, **windows)
+    text_by_prompt, _ = cached_embeddings([r.prompt for r in videos.records], cache.root / "text", captions, device)
     latent_thw = (1 + (args.frames - 1) // 4, args.height // 8, args.width // 8)
 
     model_cfg = ModelConfig(flavor="2b", dtype="bfloat16" if dtype == torch.bfloat16 else "float32",

@@ -220,15 +220,15 @@ def _fill_cache(recipe) -> None:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     from cosmos_engine.data.cache import human_bytes
 
-    _, _, _, stats = fill_cache(recipe.model, recipe.data, device)
+    _, _, _, stats, text = fill_cache(recipe.model, recipe.data, device)
     if recipe.data.cache == "windows":
         what = (f"{stats.windows} windows ({human_bytes(stats.window_bytes)} on disk, window_stride "
                 f"{recipe.data.window_stride}, at most {recipe.data.max_cached_windows} per video) and captions")
     else:
         what = 'captions only (the recipe has cache = "off")'
-    print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {stats.texts_encoded} "
-          f"captions encoded, {stats.hits} already cached, {stats.corrupt} recomputed (unreadable or written for "
-          "another key)")
+    print(f"{recipe.data.dataset_dir}/cache: {what}: {stats.latents_encoded} latents and {text.encoded} "
+          f"captions encoded, {stats.hits + text.hits} already cached, {stats.corrupt + text.corrupt} recomputed "
+          "(unreadable or written for another key)")
 
 
 # -------------------------------------------------------------------------------------------- convert

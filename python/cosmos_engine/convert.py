@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,12 @@ import torch
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from cosmos_engine.atomic import atomic_path, remove_stale_temporaries, unwritable_reason
+from cosmos_engine.checkpoint_folders import LATEST, is_iteration_name, latest_checkpoint
 from cosmos_engine.checksum import file_sha256, sidecar_path, write_sidecar
 from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
-from cosmos_engine.train.checkpoint import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,7 @@ EMA_FP32_FILE = "model_ema_fp32.pt"
 EMA_BF16_FILE = "model_ema_bf16.pt"
 NET_PREFIX = "net."
 EMA_PREFIX = "net_ema."
-LATEST_FILE = "latest_checkpoint.txt"
 RUN_PREFIX = "run:"  # checkpoint_path = "run:RECIPE.toml"
-_ITERATION_NAME = re.compile(r"iter_[0-9]{9}")  # the trainer's checkpoint folders, iter_%09d
 
 
 def find_model_dir(checkpoint: str | os.PathLike, trust_checkpoint: bool = False) -> Path:
@@ -72,8 +69,8 @@ def find_model_dir(checkpoint: str | os.PathLike, trust_checkpoint: bool = False
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a folder; expected a DCP checkpoint folder (iter_XXXXXXXXX/ or its model/)")
     for folder in (path, path / "checkpoints"):
-        if (folder / LATEST_FILE).is_file():
-            path = _latest_iteration(folder / LATEST_FILE)
+        if (folder / LATEST).is_file():
+            path = _latest_iteration(folder / LATEST)
             break
     if (path / METADATA_FILE).is_file():
         return path
@@ -83,7 +80,7 @@ def find_model_dir(checkpoint: str | os.PathLike, trust_checkpoint: bool = False
         raise CheckpointError(f"{path / 'model'}: no {METADATA_FILE} file; the checkpoint save did not finish, "
                               "or this is not a torch.distributed.checkpoint folder")
     raise CheckpointError(f"{path}: not a DCP checkpoint; expected {path / 'model' / METADATA_FILE} (an "
-                          f"iter_XXXXXXXXX folder), {path / METADATA_FILE} (its model/ folder) or {LATEST_FILE} "
+                          f"iter_XXXXXXXXX folder), {path / METADATA_FILE} (its model/ folder) or {LATEST} "
                           "(a run or checkpoints folder)")
 
 
@@ -95,7 +92,7 @@ def _latest_iteration(latest_file: Path) -> Path:
         raise CheckpointError(f"{latest_file}: not UTF-8 text (byte {exc.start}); {expected}") from None
     except OSError as exc:
         raise CheckpointError(f"{latest_file}: cannot read it ({exc.strerror}); {expected}") from None
-    if not _ITERATION_NAME.fullmatch(name):
+    if not is_iteration_name(name):
         shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
         raise CheckpointError(f"{latest_file}: {expected}, got {shown if name else 'an empty file'}")
     folder = latest_file.parent / name

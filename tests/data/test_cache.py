@@ -1,12 +1,12 @@
-"""The latent / text-embedding cache, with small deterministic stand-in encoders that count their calls.
+"""The latent cache, with a small deterministic stand-in VAE that counts its calls (the caption side is
+tests/data/test_text_embeddings.py).
 
-The stand-ins only have to be deterministic functions of their input with the real output layout; the
-cache logic (keys, invalidation, corruption, atomic files) is what is under test.
+The stand-in only has to be a deterministic function of its input with the real output layout; the cache
+logic (keys, invalidation, corruption, atomic files) is what is under test.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -47,18 +47,6 @@ class CountingVAE:
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         return 3, 1 + (num_frames - 1) // 4, height // 8, width // 8
-
-
-class CountingTextEncoder:
-    """B prompts -> [B, 8, 16], a pseudo-random function of each prompt."""
-
-    def __init__(self, identity: str = "stand-in-text/v1") -> None:
-        self.identity, self.calls = identity, 0
-
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        self.calls += 1
-        seeds = [int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) for p in prompts]
-        return torch.stack([torch.randn(8, 16, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
 @pytest.fixture
@@ -104,8 +92,8 @@ def test_window_starts_span_the_valid_range_at_most_stride_apart_within_the_budg
 
 
 def test_second_epoch_and_second_build_call_no_encoder(dataset_dir):
-    stats, vae, text = build(dataset_dir)
-    assert (vae.calls, text.calls) == (9, 2) and (stats.latents_encoded, stats.texts_encoded) == (9, 2)
+    stats, vae = build(dataset_dir)
+    assert vae.calls == 9 and stats.latents_encoded == 9
 
     windows = windows_of(dataset_dir)
     cached = CachedWindowDataset(LatentCache(dataset_dir), windows, vae.identity, **WINDOWS)
@@ -116,10 +104,10 @@ def test_second_epoch_and_second_build_call_no_encoder(dataset_dir):
         assert start in (0, 8, 16)
         expected = vae.encode(to_unit_range(windows[(index, start)]["video"][None]))[0]
         assert torch.equal(batch["latent"][0], expected)
-    assert (vae.calls - 2 * len(cached), text.calls) == (9, 2)  # only the check above called the VAE
+    assert vae.calls - 2 * len(cached) == 9  # only the check above called the VAE
 
-    again, vae2, text2 = build(dataset_dir)
-    assert (vae2.calls, text2.calls) == (0, 0) and again.hits == 11
+    again, vae2 = build(dataset_dir)
+    assert vae2.calls == 0 and again.hits == 9
 
 
 class Killed(BaseException):
@@ -190,18 +178,21 @@ def test_editing_a_video_invalidates_exactly_its_entries(dataset_dir):
     build(dataset_dir)
     edited = dataset_dir / "videos" / "synthetic_0001.mp4"
     edited.write_bytes(encode_video(render_clip(99, 0, CLIP_FRAMES, H, W), 16))
-    stats, vae, text = build(dataset_dir)
-    assert (vae.calls, text.calls) == (3, 0)
+    stats, vae = build(dataset_dir)
+    assert vae.calls == 3
     assert stats.pruned == 1  # the edited video's old latents are gone
     assert len(list((dataset_dir / "cache" / "latents").iterdir())) == 3
 
 
-def test_changing_an_encoder_identity_invalidates_only_its_entries(dataset_dir):
+class OtherPyAV(PyAVDecoder):
+    identity = "pyav another-version"
+
+
+def test_another_encoder_or_decoder_misses_the_cache_and_leaves_the_entries_alone(dataset_dir):
     build(dataset_dir)
-    _, vae, text = build(dataset_dir, vae=CountingVAE("stand-in-vae/v2"))
-    assert (vae.calls, text.calls) == (9, 0)
-    _, vae, text = build(dataset_dir, text=CountingTextEncoder("stand-in-text/v2"))
-    assert (vae.calls, text.calls) == (0, 2)
+    assert build(dataset_dir, vae=CountingVAE("stand-in-vae/v2"))[1].calls == 9
+    assert build(dataset_dir, decoder=OtherPyAV())[1].calls == 9  # PyAV or DALI, and their version, are keyed
+    assert build(dataset_dir)[1].calls == 0  # the first entries are still there
 
 
 def test_unreadable_or_foreign_entries_are_recomputed_with_a_warning(dataset_dir, caplog):
@@ -212,7 +203,7 @@ def test_unreadable_or_foreign_entries_are_recomputed_with_a_warning(dataset_dir
     garbage.write_bytes(b"not a safetensors file")
     shutil.copyfile(files[3], foreign)  # a valid file, but written for another window
     with caplog.at_level(logging.WARNING):
-        stats, vae, _ = build(dataset_dir)
+        stats, vae = build(dataset_dir)
     assert vae.calls == 3 and stats.corrupt == 3
     for path, why in ((truncated, "unreadable"), (garbage, "unreadable"), (foreign, "written for another key")):
         assert f"{path} is {why}" in caplog.text
@@ -228,7 +219,7 @@ def test_folder_entries_are_recomputed_with_a_warning(dataset_dir, caplog):
         stats, vae, text = build(dataset_dir)
     assert (vae.calls, text.calls, stats.corrupt) == (1, 0, 1)
     assert f"{folder} is a folder, not a file" in caplog.text
-    assert folder.is_file() and build(dataset_dir)[0].hits == 11
+    assert folder.is_file() and build(dataset_dir)[0].hits == 9
 
 
 def poison(path: Path, value: float) -> None:
@@ -277,7 +268,7 @@ def test_an_encoder_producing_nan_is_named_and_nothing_is_cached(dataset_dir):
 
 
 def test_reading_a_non_finite_entry_names_it(dataset_dir):
-    key = LatentKey("0" * 64, 0, N, H, W, "stand-in-vae/v1")
+    key = LatentKey("0" * 64, 0, N, H, W, "stand-in-vae/v1", PyAVDecoder.identity)
     cache = LatentCache(dataset_dir)
     cache.store(key, torch.zeros(3, 3, 4, 6))
     save_file({"tensor": torch.full((3, 3, 4, 6), float("nan"))}, str(cache.path(key)), metadata=key.metadata())
@@ -286,22 +277,9 @@ def test_reading_a_non_finite_entry_names_it(dataset_dir):
 
 
 def test_reading_a_missing_entry_names_it(dataset_dir):
-    key = LatentKey("0" * 64, 0, N, H, W, "stand-in-vae/v1")
+    key = LatentKey("0" * 64, 0, N, H, W, "stand-in-vae/v1", PyAVDecoder.identity)
     with pytest.raises(DatasetError, match=f"{key.relpath()}: cache entry missing"):
         LatentCache(dataset_dir).load(key)
-
-
-def test_captions_alone_for_the_online_path_and_their_embeddings(dataset_dir):
-    cache, text = LatentCache(dataset_dir), CountingTextEncoder()
-    stats = cache.build_text(windows_of(dataset_dir), text)
-    assert (stats.texts_encoded, stats.latents_encoded, text.calls) == (2, 0, 2)
-    assert not (dataset_dir / "cache" / "latents").exists()
-    prompts = [r.prompt for r in load_records(dataset_dir)]
-    embeddings = cache.text_embeddings(prompts, text.identity)
-    assert set(embeddings) == {"A video of sks teal robot.", "A video of sks teal robot, waving."}
-    for prompt, embedding in embeddings.items():
-        assert torch.equal(embedding, CountingTextEncoder().encode([prompt])[0])
-    assert cache.build_text(windows_of(dataset_dir), text).texts_encoded == 0
 
 
 def test_a_build_removes_temporaries_of_killed_writers(dataset_dir):

@@ -94,8 +94,22 @@ def test_tiny_text2world_writes_mp4_and_preview_and_reproduces(ckpt, tmp_path):
     assert not torch.equal(third.latent, first.latent)
 
 
+def test_cached_prompts_and_negative_prompt_load_no_text_encoder(ckpt, tmp_path, monkeypatch):
+    from cosmos_engine.models import text_encoder
+
+    built = []
+    original = text_encoder.TextEncoder.__init__
+    monkeypatch.setattr(text_encoder.TextEncoder, "__init__",
+                        lambda self, *args, **kwargs: (built.append(args), original(self, *args, **kwargs))[1])
+    recipe = _recipe(ckpt, tmp_path, "infer.num_steps=1", "infer.num_frames=1")
+    pipeline.run_infer(recipe.model, recipe.infer, progress=False)
+    assert len(built) == 1 and len(list((tmp_path / ".cache" / "text").glob("*.safetensors"))) == 2
+    pipeline.run_infer(recipe.model, recipe.infer, progress=False)
+    assert len(built) == 1  # the prompt and the negative prompt came from the cache
+
+
 def test_image2world_keeps_the_condition_frame(ckpt, inputs, tmp_path):
-    from cosmos_engine.train.data import build_vae
+    from cosmos_engine.data.encoders import build_vae
 
     recipe = _recipe(ckpt, tmp_path, "infer.num_conditional_frames=1", f"infer.input_path={inputs['png']}",
                      "infer.num_steps=8", "infer.name=i2w")

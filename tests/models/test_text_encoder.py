@@ -1,5 +1,5 @@
 """Reason1 text conditioning: the official hidden-state combination (reference case F), the prompt template,
-512-token padding, strict loading and the embedding cache.
+512-token padding, strict loading and the encoder identity the embedding cache keys on.
 
 The encoder folder is built offline: a tiny random Qwen2.5-VL (transformers' own classes, saved with
 save_pretrained) and a tiny byte-level BPE tokenizer trained on two sentences, with the special tokens
@@ -9,7 +9,9 @@ same loading and templating code as the real folder would.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 
 import pytest
@@ -17,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cosmos_engine.errors import CheckpointError
-from cosmos_engine.models.text_encoder import (NUM_TOKENS, SYSTEM_PROMPT, TextEncoder, drop_text, full_concat,
-                                               mean_normalize, tiny_encoder, write_tiny_encoder)
+from cosmos_engine.models.text_encoder import (NUM_TOKENS, SYSTEM_PROMPT, TextEncoder, drop_text, encoder_identity,
+                                               full_concat, mean_normalize, tiny_encoder, write_tiny_encoder)
 from cosmos_engine.models.text_encoder import TINY_HIDDEN as HIDDEN, TINY_LAYERS as NUM_LAYERS
 from tests.conftest import load_reference_case
 
@@ -171,58 +173,43 @@ def test_language_model_keys_are_checked_strictly(encoder_folder, tmp_path, dama
         TextEncoder(folder, dtype=torch.float32)
 
 
-# ---- the embedding cache -------------------------------------------------------------------------------------------
+# ---- identity and batching (the cache itself: tests/data/test_text_embeddings.py) ------------------------------
 
-def test_each_prompt_is_encoded_once_and_then_read_from_the_cache(encoder_folder, tmp_path, monkeypatch):
-    cache_dir = tmp_path / "cache"
-    first = TextEncoder(encoder_folder, dtype=torch.float32, cache_dir=cache_dir)
-    calls = count_embed_calls(first, monkeypatch)
-    emb = first.encode(["a", "b", "a"])
-    assert calls == [["a", "b"]]
-    assert torch.equal(emb[0], emb[2])
-    first.encode(["b", "c"])
-    assert calls == [["a", "b"], ["c"]]
-
-    second = TextEncoder(encoder_folder, dtype=torch.float32, cache_dir=cache_dir)
-    assert second.identity == first.identity
-    calls = count_embed_calls(second, monkeypatch)
-    again = second.encode(["a", "c", "b"])
-    assert calls == []
-    assert torch.equal(again[0], emb[0]) and torch.equal(again[2], emb[1])
-    assert not [p for p in cache_dir.iterdir() if p.name.endswith(".tmp")]
+def test_each_distinct_prompt_of_a_call_is_encoded_once(encoder, monkeypatch):
+    calls = count_embed_calls(encoder, monkeypatch)
+    emb = encoder.encode(["a", "b", "a"])
+    assert calls == [["a", "b"]] and emb.shape == (3, NUM_TOKENS, NUM_LAYERS * HIDDEN)
+    assert torch.equal(emb[0], emb[2]) and not torch.equal(emb[0], emb[1])
 
 
-def test_a_changed_encoder_misses_the_cache(encoder_folder, tmp_path, monkeypatch):
-    cache_dir = tmp_path / "cache"
-    TextEncoder(encoder_folder, dtype=torch.float32, cache_dir=cache_dir).encode([CAPTION])
-
-    other_dtype = TextEncoder(encoder_folder, dtype=torch.float64, cache_dir=cache_dir)
-    calls = count_embed_calls(other_dtype, monkeypatch)
-    other_dtype.encode([CAPTION])
-    assert calls == [[CAPTION]]
-
+def test_the_identity_names_dtype_and_weights(encoder_folder, tmp_path):
+    identity = encoder_identity(encoder_folder, torch.float32)
+    assert encoder_identity(encoder_folder, torch.float64) != identity
     retrained = tmp_path / "retrained"
     shutil.copytree(encoder_folder, retrained)
     state = load_file(retrained / "model.safetensors")
     state["model.norm.weight"] = state["model.norm.weight"] * 1.5
     save_file(state, retrained / "model.safetensors", metadata={"format": "pt"})
-    changed = TextEncoder(retrained, dtype=torch.float32, cache_dir=cache_dir)
-    calls = count_embed_calls(changed, monkeypatch)
-    changed.encode([CAPTION])
-    assert calls == [[CAPTION]]
+    assert encoder_identity(retrained, torch.float32) != identity
 
 
-def test_a_corrupt_cache_file_is_recomputed_with_a_warning(encoder_folder, tmp_path, monkeypatch, caplog):
-    encoder = TextEncoder(encoder_folder, dtype=torch.float32, cache_dir=tmp_path / "cache")
-    expected = encoder.encode([CAPTION])
-    path = encoder.cache.path(CAPTION)
-    path.write_bytes(path.read_bytes()[:-16])  # truncated
-    calls = count_embed_calls(encoder, monkeypatch)
-    with caplog.at_level(logging.WARNING):
-        again = encoder.encode([CAPTION])
-    assert calls == [[CAPTION]] and "unusable" in caplog.text
-    assert torch.equal(again, expected)
-    assert torch.equal(encoder.cache.load(CAPTION), expected[0])  # rewritten whole
+def test_file_hashes_are_remembered_while_size_and_mtime_hold(encoder_folder, tmp_path):
+    folder, memo = tmp_path / "encoder", tmp_path / "cache" / "encoder_files.json"
+    shutil.copytree(encoder_folder, folder)
+    true_identity = encoder_identity(folder, torch.float32, memo)
+    entries = json.loads(memo.read_text())
+    weights = str((folder / "model.safetensors").resolve())
+    assert entries[weights]["size"] == (folder / "model.safetensors").stat().st_size
+    # The memo is trusted while size and mtime match, so the file is not read again: a doctored digest shows.
+    entries[weights]["sha256"] = "0" * 64
+    memo.write_text(json.dumps(entries))
+    assert encoder_identity(folder, torch.float32, memo) != true_identity
+    stat = (folder / "model.safetensors").stat()
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: hashed again
+    assert encoder_identity(folder, torch.float32, memo) == true_identity
+    (folder / "model.safetensors").unlink()  # entries of files that are gone are dropped
+    encoder_identity(folder, torch.float32, memo)
+    assert weights not in json.loads(memo.read_text())
 
 
 def test_encode_wants_a_list_of_prompts(encoder):

@@ -35,7 +35,7 @@ def make_inputs(shape, dtype, device, weight_dtype=None, rope=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(batch, tokens, heads, dim, generator=gen) * 3 + 0.2).to(device, dtype)
     weight = (1 + 0.1 * torch.randn(dim, generator=gen)).to(device, weight_dtype or dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = reference.acc_dtype(dtype)
     if not rope:
         return x, weight, None, None
     # Independent angles in both halves: the model's tables repeat theirs, but a kernel that mixed up the

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cosmos_engine.models.text_encoder import DEFAULT_NEGATIVE_PROMPT
+from cosmos_engine.prompts import DEFAULT_NEGATIVE_PROMPT
 
 # What infer.input_path accepts (a JSON sample file's input_path too).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -1,18 +1,18 @@
-"""The latent / text-embedding cache: encode each training window and each caption once, then train on files.
+"""The latent cache: encode each training window once, then train on files.
 
-The frozen VAE and text encoder give the same output for the same input, so re-running them at every
-step (as the official trainer does) is pure waste. Before training, `LatentCache.build` encodes what is
-missing (`build_text`: the captions only, for cache = "off") and stores it as safetensors under
-DATASET/cache/:
+The frozen VAE gives the same output for the same input, so re-running it at every step (as the official
+trainer does) is pure waste. Before training, `LatentCache.build` encodes what is missing and stores it as
+safetensors under DATASET/cache/ (the captions' embeddings go beside it, cache/text, through
+`data.text_embeddings`, which inference shares):
 
 ```
-cache/latents/<video sha256>/start<start>_n<num_frames>_<height>x<width>_<hash of VAE identity>.safetensors
-cache/text/<hash of prompt>_<hash of text-encoder identity>.safetensors
+cache/latents/<video sha256>/start<start>_n<num_frames>_<height>x<width>_<hash of VAE + decoder identity>.safetensors
 ```
 
 * Keys are content, not names: the video's sha256 (so editing a video invalidates exactly its entries),
-  the window, the training size and the encoder's `identity` string (so another VAE or text encoder, other
-  weights or another dtype, never reads stale latents). Each file also stores its full key as safetensors
+  the window, the training size, the encoder's `identity` string (so another VAE, other weights or another
+  dtype, never reads stale latents) and the video decoder with its version (PyAV and DALI need not give
+  the same pixels). Each file also stores its full key as safetensors
   metadata, checked on every read: an entry is used only if it was written for exactly this key.
 * A missing entry is computed. An unusable one (truncated, garbage, a folder, another key) is recomputed
   with a warning naming the file. safetensors checks that the header covers the file exactly, so
@@ -32,8 +32,8 @@ cache/text/<hash of prompt>_<hash of text-encoder identity>.safetensors
   the fewest windows that cover every frame. `LatentCache.build` states the count, the disk size and
   (after the first window) the encode time before it does the work.
 
-The encoders are anything with an `identity: str` and an `encode(...)` method (`VideoEncoder`,
-`TextEncoder` below), so this module does not depend on the model code.
+The encoder is anything with an `identity: str` and an `encode(...)` method (`VideoEncoder` below), so this
+module does not depend on the model code.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,15 +74,6 @@ class VideoEncoder(Protocol):
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """[C, T', H', W'] of one window's latent, known without encoding (for the build's disk size)."""
-
-
-class TextEncoder(Protocol):
-    """The text encoder as the cache needs it."""
-
-    identity: str
-
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """B prompts -> embeddings [B, L, D]."""
 
 
 def window_starts(frames: int, num_frames: int, stride: int, max_windows: int) -> list[int]:
@@ -118,33 +109,22 @@ class LatentKey:
     height: int
     width: int
     encoder: str
+    decoder: str  # the video decoder and its version (`identity` of decode_pyav / decode_dali)
 
     def relpath(self) -> Path:
+        codecs = _short_hash(f"{self.encoder}\0{self.decoder}")
         return (Path("latents") / self.video_sha256 /
-                f"start{self.start:06d}_n{self.num_frames}_{self.height}x{self.width}_{_short_hash(self.encoder)}.safetensors")
+                f"start{self.start:06d}_n{self.num_frames}_{self.height}x{self.width}_{codecs}.safetensors")
 
     def metadata(self) -> dict[str, str]:
         return {"kind": "latent", "format": CACHE_FORMAT, "video_sha256": self.video_sha256, "start": str(self.start),
                 "num_frames": str(self.num_frames), "height": str(self.height), "width": str(self.width),
-                "encoder": self.encoder}
-
-
-@dataclass(frozen=True)
-class TextKey:
-    prompt: str
-    encoder: str
-
-    def relpath(self) -> Path:
-        return Path("text") / f"{_short_hash(self.prompt)}_{_short_hash(self.encoder)}.safetensors"
-
-    def metadata(self) -> dict[str, str]:
-        return {"kind": "text", "format": CACHE_FORMAT, "prompt": self.prompt, "encoder": self.encoder}
+                "encoder": self.encoder, "decoder": self.decoder}
 
 
 @dataclass
 class BuildStats:
     latents_encoded: int = 0
-    texts_encoded: int = 0
     hits: int = 0
     corrupt: int = 0  # entries found unusable (unreadable, another key), recomputed
     pruned: int = 0  # directories of videos no longer in the dataset
@@ -191,10 +171,10 @@ class LatentCache:
     def __init__(self, dataset_dir: Path) -> None:
         self.root = Path(dataset_dir) / "cache"
 
-    def path(self, key: LatentKey | TextKey) -> Path:
+    def path(self, key: LatentKey) -> Path:
         return self.root / key.relpath()
 
-    def _read(self, key: LatentKey | TextKey, *, values: bool) -> tuple[torch.Tensor | None, str | None]:
+    def _read(self, key: LatentKey, *, values: bool) -> tuple[torch.Tensor | None, str | None]:
         """Whether the entry for `key` is a file written for exactly this key, from its header alone, and
         with `values` also (the tensor, None) when its values are finite. (None, why not) otherwise:
         "missing", or a reason to warn about."""
@@ -220,7 +200,7 @@ class LatentCache:
             return None, f"poisoned: {bad} of its {tensor.numel()} values are NaN or Inf"
         return tensor, None
 
-    def load(self, key: LatentKey | TextKey) -> torch.Tensor:
+    def load(self, key: LatentKey) -> torch.Tensor:
         """The cached tensor; DatasetError when the entry is missing or unusable. An unusable entry is
         deleted (a build only reads headers, so it would not see poisoned values), so that the next build,
         before training starts, encodes it again."""
@@ -234,7 +214,7 @@ class LatentCache:
                                "built before training starts, or by `cosmos-engine prepare --cache RECIPE`)")
         return tensor
 
-    def store(self, key: LatentKey | TextKey, tensor: torch.Tensor) -> None:
+    def store(self, key: LatentKey, tensor: torch.Tensor) -> None:
         """Write the entry atomically, after checking its values: the one time they are checked on the
         build's side."""
         bad = _non_finite(tensor)
@@ -247,7 +227,8 @@ class LatentCache:
             save_file({"tensor": tensor.detach().contiguous().cpu()}, str(tmp), metadata=key.metadata())
 
     def latent_key(self, record: VideoRecord, start: int, dataset: VideoWindowDataset, vae_identity: str) -> LatentKey:
-        return LatentKey(record.sha256, start, dataset.num_frames, dataset.height, dataset.width, vae_identity)
+        return LatentKey(record.sha256, start, dataset.num_frames, dataset.height, dataset.width, vae_identity,
+                         dataset.decoder.identity)
 
     def plan(self, dataset: VideoWindowDataset, vae: VideoEncoder, *, window_stride: int, max_cached_windows: int,
              rank: int = 0, world_size: int = 1) -> tuple[CachePlan, list[tuple[int, int]], BuildStats]:
@@ -266,10 +247,10 @@ class LatentCache:
                          max_windows=max_cached_windows)
         return plan, todo, stats
 
-    def build(self, dataset: VideoWindowDataset, vae: VideoEncoder, text_encoder: TextEncoder, *, window_stride: int,
-              max_cached_windows: int, device: torch.device | str = "cpu", num_workers: int = 0, rank: int = 0,
+    def build(self, dataset: VideoWindowDataset, vae: VideoEncoder, *, window_stride: int, max_cached_windows: int,
+              device: torch.device | str = "cpu", num_workers: int = 0, rank: int = 0,
               world_size: int = 1, worker_init_fn: Callable[[int], None] | None = None) -> BuildStats:
-        """Encode every missing or unreadable entry of `dataset`'s cached windows (`window_starts`) and captions.
+        """Encode every missing or unreadable entry of `dataset`'s cached windows (`window_starts`).
 
         Logs the plan first (windows, disk size, how many to encode) and, after the first window, the time
         the rest will take at that window's pace. With several ranks each checks and encodes every
@@ -284,7 +265,6 @@ class LatentCache:
             log.info("latent cache %s: %s%s", self.root, plan.describe(), share)
             stats.pruned = self._prune({record.sha256 for record in dataset.records})
             self._remove_leftovers()
-        self._encode_text(dataset, text_encoder, rank, world_size, stats)
 
         if todo:  # (a DataLoader starts its workers even for nothing)
             device = torch.device(device)
@@ -311,42 +291,18 @@ class LatentCache:
         self._log(stats)
         return stats
 
-    def build_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, *, rank: int = 0,
-                   world_size: int = 1) -> BuildStats:
-        """Only the captions (cache = "off" still encodes each caption once per run, not once per step)."""
-        stats = BuildStats()
-        if rank == 0:
-            self._remove_leftovers()
-        self._encode_text(dataset, text_encoder, rank, world_size, stats)
-        self._log(stats)
-        return stats
-
     def _remove_leftovers(self) -> None:
         """Temporary files of killed writers (a builder that is still alive keeps its own)."""
         for folder in [self.root, *(p for p in self.root.rglob("*") if p.is_dir())] if self.root.is_dir() else []:
             remove_stale_temporaries(folder)
 
-    def _encode_text(self, dataset: VideoWindowDataset, text_encoder: TextEncoder, rank: int, world_size: int,
-                     stats: BuildStats) -> None:
-        prompts = sorted({record.prompt for record in dataset.records})
-        todo = [p for p in prompts[rank::world_size] if self._needed(TextKey(p, text_encoder.identity), stats)]
-        with torch.inference_mode():
-            for prompt in todo:
-                self.store(TextKey(prompt, text_encoder.identity), text_encoder.encode([prompt])[0])
-                stats.texts_encoded += 1
-
     def _log(self, stats: BuildStats) -> None:
-        log.info("latent cache %s: %d hits, %d latents and %d captions encoded, %d recomputed as unusable, "
+        log.info("latent cache %s: %d hits, %d latents encoded, %d recomputed as unusable, "
                  "%d stale video folders pruned; %d windows cached (%s)", self.root, stats.hits,
-                 stats.latents_encoded, stats.texts_encoded, stats.corrupt, stats.pruned, stats.windows,
+                 stats.latents_encoded, stats.corrupt, stats.pruned, stats.windows,
                  human_bytes(stats.window_bytes))
 
-    def text_embeddings(self, prompts: Sequence[str], encoder_identity: str) -> dict[str, torch.Tensor]:
-        """Each distinct prompt's cached embedding [L, D], loaded once: the trainer keeps these (the NeMo set
-        has one caption) and indexes them with the batch's `prompt` list."""
-        return {p: self.load(TextKey(p, encoder_identity)) for p in sorted(set(prompts))}
-
-    def _needed(self, key: LatentKey | TextKey, stats: BuildStats) -> bool:
+    def _needed(self, key: LatentKey, stats: BuildStats) -> bool:
         _, problem = self._read(key, values=False)
         if problem is None:
             stats.hits += 1
@@ -403,7 +359,7 @@ class CachedWindowDataset(Dataset):
     """(video index, start) -> the cached latent of that window and its caption; no decoding, no VAE.
 
     Item: `latent` [C, T', H', W'] (the VAE's dtype), `prompt` str, `fps` float, `video_index` int,
-    `start` int. Text embeddings come from `LatentCache.text_embeddings`, once per run.
+    `start` int. Text embeddings come from `data.text_embeddings`.
     """
 
     def __init__(self, cache: LatentCache, dataset: VideoWindowDataset, vae_identity: str, *, window_stride: int,

@@ -55,6 +55,7 @@ class Decoder(Protocol):
     back on `device`; `video_io.resize_frames` turns them into a training window there."""
 
     name: str
+    identity: str  # the decoder and its version, part of the latent cache key
     device: torch.device
 
     def read_frames(self, path: Path, indices: Sequence[int]) -> torch.Tensor:

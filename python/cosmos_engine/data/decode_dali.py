@@ -49,6 +49,7 @@ class DALIDecoder:
     def __init__(self, device_index: int | None = None, num_threads: int = 2,
                  backend: Literal["mixed", "cpu"] = "mixed") -> None:
         try:
+            import nvidia.dali
             from nvidia.dali import fn, pipeline_def, types
             from nvidia.dali.plugin.pytorch import feed_ndarray
         except ImportError as exc:
@@ -64,6 +65,8 @@ class DALIDecoder:
         else:
             self.device = torch.device("cpu")
         self._feed_ndarray = feed_ndarray
+        # Part of the latent cache key: NVDEC and DALI's CPU decoder, or two releases, need not agree bit for bit.
+        self.identity = f"dali {nvidia.dali.__version__} {backend}"
 
         @pipeline_def(batch_size=1, num_threads=num_threads, device_id=self.device.index, prefetch_queue_depth=1)
         def window_pipeline():

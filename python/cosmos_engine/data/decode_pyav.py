@@ -28,6 +28,8 @@ class PyAVDecoder:
     """Decodes frames on the CPU. Safe to use from DataLoader workers (each process has its own tables)."""
 
     name = "pyav"
+    # Part of the latent cache key: another PyAV or FFmpeg build may decode (or colour-convert) differently.
+    identity = f"pyav {av.__version__} libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}"
     device = torch.device("cpu")
 
     def __init__(self) -> None:

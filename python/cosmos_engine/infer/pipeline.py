@@ -2,8 +2,9 @@
 
 Data flow (DESIGN.md §4; reference vae_data_io.md §5.3-5.5, dit_and_training.md §3):
 
-1. Text: the prompts and the negative prompt of every sample are embedded first (one encoder pass per
-   distinct text), then the text encoder is dropped so the 7B Reason1 model and the DiT never share the GPU.
+1. Text: the prompts and the negative prompt of every sample are embedded first, through the embedding
+   cache in <output_dir>/.cache/text: the text encoder is loaded only for texts not cached yet (one encoder
+   pass per distinct text) and dropped right after, so the 7B Reason1 model and the DiT never share the GPU.
 2. Condition frames (`num_conditional_frames` n = 0, 1, 2 latent frames): the official builds a 93-frame
    uint8 video -- image: the image then zeros; video: the LAST 4(n-1)+1 input frames then repeats of the last
    one; text2world: zeros -- resizes it (scale to cover, bilinear antialiased, rounded; then centre crop) and
@@ -336,13 +337,16 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
               trust_checkpoint: bool = False, context_parallel: bool = False) -> list[InferResult]:
     """Generate every sample and write `<output_dir>/<name>.mp4` and `<name>.png`; returns what was written.
 
-    All samples must use the same DiT weights (one checkpoint is loaded). The tiny flavor's random text
-    encoder is written once to `<output_dir>/.cache/tiny_reason1` (seeded: the one post-training used).
+    All samples must use the same DiT weights (one checkpoint is loaded). Prompt embeddings are cached in
+    `<output_dir>/.cache/text` (`data.text_embeddings`): the text encoder is loaded only when a prompt or
+    negative prompt is not there yet. The tiny flavor's random text encoder is written once to
+    `<output_dir>/.cache/tiny_reason1` (seeded: the one post-training used).
     Under torchrun the ranks share the work as `_parallel_mode` says; `context_parallel` asks for every
     sample's latent frames to be split over all ranks."""
     from cosmos_engine.models.flavors import dit_config, parameter_dtype
     from cosmos_engine.models.state_dict import build_dit, check_finite
-    from cosmos_engine.train.data import build_text_encoder, build_vae
+    from cosmos_engine.data.encoders import build_vae, text_encoder_source
+    from cosmos_engine.data.text_embeddings import cached_embeddings
 
     if isinstance(samples, InferConfig):
         samples = {samples.name: samples}
@@ -365,23 +369,22 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
         log.info("%d ranks: %s", dist_info.world_size, {"context": "each sample's latent frames split over all ranks",
                                                         "branches": "conditional / unconditional branch per rank",
                                                         "samples": "every world_size-th sample per rank"}[mode])
+    device = torch.device(device) if device is not None else dist_info.device
+    dtype = parameter_dtype(model_cfg.dtype)
+
+    # 1. Text embeddings (cond and negative) of every sample, by all ranks together (rank 0 encodes what the
+    # cache lacks): the text encoder is loaded, and freed, only for prompts not cached yet.
+    cache = Path(next(iter(samples.values())).output_dir).expanduser() / ".cache"
+    texts = [c.prompt for c in samples.values()] + [c.negative_prompt for c in samples.values()]
+    embeddings, _ = cached_embeddings(texts, cache / "text", text_encoder_source(model_cfg, cache / "tiny_reason1"),
+                                      device)
+
     split_branches = mode == "branches"
     if mode == "samples":
         names = list(samples)[dist_info.rank::dist_info.world_size]
         samples = {name: samples[name] for name in names}
         if not samples:
             return []
-    device = torch.device(device) if device is not None else dist_info.device
-    dtype = parameter_dtype(model_cfg.dtype)
-    first = next(iter(samples.values()))
-
-    # 1. Text embeddings (cond and negative), then free the encoder.
-    encoder = build_text_encoder(model_cfg, Path(first.output_dir) / ".cache", device)
-    texts = list(dict.fromkeys([c.prompt for c in samples.values()] + [c.negative_prompt for c in samples.values()]))
-    embeddings = dict(zip(texts, encoder.encode(texts)))
-    del encoder
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
     # 2. Condition latents.
     vae = build_vae(model_cfg, device)
@@ -404,8 +407,8 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
         net.enable_context_parallel(dist.group.WORLD)
     results = []
     for name, cfg in samples.items():
-        latent = sample_latent(net, cfg, text_cond=embeddings[cfg.prompt][None],
-                               text_uncond=embeddings[cfg.negative_prompt][None], condition_x0=condition[name],
+        latent = sample_latent(net, cfg, text_cond=embeddings[cfg.prompt][None].to(device),
+                               text_uncond=embeddings[cfg.negative_prompt][None].to(device), condition_x0=condition[name],
                                progress=progress and dist_info.is_main, split_branches=split_branches)
         if mode in ("branches", "context") and not dist_info.is_main:
             continue  # every rank holds the same latent; rank 0 decodes and writes it

@@ -35,6 +35,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from cosmos_engine.ops.reference import acc_dtype
+
 # velocity(x_t [B, C, T, H, W] float32, timesteps [B, 1] float32 on the network's 0..1000 scale) -> v, like x_t.
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -171,7 +173,7 @@ def unipc_steps(velocity: VelocityFn, noise: torch.Tensor, schedule: Schedule) -
     num_steps = schedule.num_steps
     batch = noise.shape[0]
 
-    x = noise.to(torch.promote_types(noise.dtype, torch.float32))  # float32 as the official; float64 stays exact
+    x = noise.to(acc_dtype(noise))  # float32 as the official; float64 stays exact
     m_prev: list[torch.Tensor] = []  # data predictions of the two previous steps, oldest first
     x_prev = x                       # the previous predictor's input
     order_prev = 0

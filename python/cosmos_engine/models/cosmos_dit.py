@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosmos_engine import ops
+from cosmos_engine.ops.reference import acc_dtype
 from cosmos_engine.parallel import context_parallel
 
 RMS_EPS = 1e-6
@@ -158,11 +159,6 @@ class DiTConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def island_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the fp32 islands for a net whose parameters are `dtype` (fp64 nets stay exact)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def linear_in(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -315,7 +311,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = island_dtype(x.dtype)
+        acc = acc_dtype(x)
         xf = x.to(acc)
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(acc)).to(x.dtype)
 
@@ -544,7 +540,7 @@ class CosmosDiT(nn.Module):
         """
         del fps, kwargs
         cfg = self.config
-        dtype, island = self.dtype, island_dtype(self.dtype)
+        dtype, island = self.dtype, acc_dtype(self.dtype)  # fp32 islands (fp64 nets stay exact)
         batch, _, frames, height, width = self._check_inputs(x_B_C_T_H_W, timesteps_B_T, crossattn_emb,
                                                              condition_video_input_mask_B_C_T_H_W, padding_mask)
         kind = getattr(data_type, "value", data_type)

@@ -18,14 +18,15 @@ What the official does, all reproduced here (reference/vae_data_io.md §2):
 * An empty caption is encoded like any other (the template around an empty user message). Training's
   text dropout multiplies a sample's embedding by 0 (`drop_text`), so a dropped prompt is all zeros, not
   the empty-caption embedding. At inference the unconditional branch uses the embedding of the negative
-  prompt (DEFAULT_NEGATIVE_PROMPT unless the sample gives one), computed the same way.
+  prompt (`cosmos_engine.prompts.DEFAULT_NEGATIVE_PROMPT` unless the sample gives one), computed the same way.
 
 Weights are loaded strictly: unlike the official (strict=False), a missing, unexpected or mis-shaped
 language-model key is a CheckpointError, because a silent random layer would give garbage embeddings.
 
-Embeddings are cached on disk (`EmbeddingCache`), one safetensors file per (prompt, encoder identity); the
-identity is a hash of every file in the encoder folder plus the settings above, so a changed encoder
-never reads an old entry. Within one call a prompt that appears several times is encoded once.
+`encoder_identity` names an encoder folder for cache keys without loading it: a hash of every file in the
+folder plus the settings above, so a changed encoder never reads an old entry. The embeddings cache itself,
+shared by training and inference, is `cosmos_engine.data.text_embeddings`. Within one `encode` call a
+prompt that appears several times is encoded once.
 """
 
 from __future__ import annotations
@@ -39,23 +40,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
+from cosmos_engine.atomic import atomic_write
 from cosmos_engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are a helpful assistant who will provide prompts to an image generator."
 NUM_TOKENS = 512
-DEFAULT_NEGATIVE_PROMPT = (
-    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
-    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
-    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky "
-    "movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
-    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
-    "Overall, the video is of poor quality."
-)
 # Bumped whenever the recipe below changes, so old cache entries stop matching.
 _EMBEDDING_RECIPE = f"reason1-full_concat-v1|system={SYSTEM_PROMPT}|tokens={NUM_TOKENS}|eps=1e-8|unbiased"
 
@@ -78,43 +69,6 @@ def drop_text(embeddings: torch.Tensor, probability: float, generator: torch.Gen
     return embeddings * keep.to(embeddings.device, embeddings.dtype).view(-1, *([1] * (embeddings.dim() - 1)))
 
 
-class EmbeddingCache:
-    """Text embeddings on disk: `<folder>/<sha256(identity, prompt)>.safetensors`, holding the tensor
-    `embedding` [512, D] and the prompt and encoder identity as metadata (checked on read). Files are
-    written to a temporary name and renamed; an unreadable or mismatching file is recomputed with a
-    warning."""
-
-    def __init__(self, folder: str | Path, identity: str) -> None:
-        self.folder = Path(folder)
-        self.identity = identity
-
-    def path(self, prompt: str) -> Path:
-        key = hashlib.sha256(f"{self.identity}\0{prompt}".encode()).hexdigest()
-        return self.folder / f"{key}.safetensors"
-
-    def load(self, prompt: str) -> torch.Tensor | None:
-        path = self.path(prompt)
-        if not path.exists():
-            return None
-        try:
-            with safe_open(path, framework="pt") as f:
-                metadata = f.metadata() or {}
-                if metadata.get("prompt") != prompt or metadata.get("encoder") != self.identity:
-                    raise ValueError("its metadata names another prompt or encoder")
-                return f.get_tensor("embedding")
-        except (OSError, ValueError, KeyError, SafetensorError) as e:
-            log.warning("text embedding cache file %s is unusable (%s); recomputing it", path, e)
-            return None
-
-    def save(self, prompt: str, embedding: torch.Tensor) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(prompt)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"embedding": embedding.detach().cpu().contiguous()}, tmp,
-                  metadata={"prompt": prompt, "encoder": self.identity})
-        os.replace(tmp, path)
-
-
 def _file_digest(path: Path, memo: dict) -> str:
     """sha256 of a file's bytes, reused from `memo` while its size and mtime are unchanged."""
     stat = path.stat()
@@ -132,23 +86,25 @@ def _file_digest(path: Path, memo: dict) -> str:
 
 def encoder_identity(folder: str | Path, dtype: torch.dtype, memo_file: Path | None = None) -> str:
     """A hash of every (non-hidden) file in the encoder folder, the compute dtype and the embedding recipe.
-    Hashing the 16 GB of the real weights takes a while, so file digests are remembered in `memo_file`
-    (JSON, keyed by path, trusted while size and mtime are unchanged)."""
-    memo = {}
+    Hashing the 16 GB of the real weights takes minutes, so file digests are remembered in `memo_file`
+    (JSON, keyed by path, trusted while size and mtime are unchanged): the folder is hashed once, and a start
+    with an unchanged folder reads no weight byte. Entries of files that no longer exist are dropped."""
+    memo: dict = {}
     if memo_file is not None and memo_file.exists():
         try:
             memo = json.loads(memo_file.read_text())
         except (OSError, ValueError):
             memo = {}
+    if not isinstance(memo, dict):
+        memo = {}
+    before = json.dumps(memo, sort_keys=True)
     identity = hashlib.sha256(f"{_EMBEDDING_RECIPE}|dtype={dtype}".encode())
     for path in sorted(Path(folder).iterdir()):
         if path.is_file() and not path.name.startswith("."):
             identity.update(f"{path.name}\0{_file_digest(path, memo)}\0".encode())
-    if memo_file is not None:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo, indent=1))
-        os.replace(tmp, memo_file)
+    memo = {key: entry for key, entry in memo.items() if Path(key).is_file()}
+    if memo_file is not None and json.dumps(memo, sort_keys=True) != before:
+        atomic_write(memo_file, json.dumps(memo, indent=1, sort_keys=True))
     return identity.hexdigest()
 
 
@@ -193,15 +149,16 @@ def _load_language_model(folder: Path, dtype: torch.dtype, device: torch.device)
 
 
 class TextEncoder:
-    """Reason1 embeddings [B, 512, L * hidden] of captions, with an optional on-disk cache.
+    """Reason1 embeddings [B, 512, L * hidden] of captions.
 
     `TextEncoder(folder)` loads tokenizer and language model from a local folder (ModelConfig's
-    `text_encoder_path`); `dtype=torch.bfloat16` is the official precision. `encode(prompts)` looks every
-    distinct prompt up in `cache_dir` (when given), runs the misses through the model in batches of
-    `batch_size`, stores them, and returns the embeddings in prompt order."""
+    `text_encoder_path`); `dtype=torch.bfloat16` is the official precision. `encode(prompts)` runs every
+    distinct prompt through the model in batches of `batch_size` and returns the embeddings in prompt order.
+    Loading takes the whole model into memory (15 GB for Reason1-7B): `data.text_embeddings` builds one only
+    when a prompt is missing from its cache."""
 
     def __init__(self, folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                 cache_dir: str | Path | None = None, batch_size: int = 8) -> None:
+                 batch_size: int = 8) -> None:
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{folder}: not a text encoder folder (no config.json); expected a local copy of "
@@ -210,18 +167,16 @@ class TextEncoder:
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
+        log.info("text encoder: loading %s", folder)
         self.tokenizer, self.chat_template = _load_tokenizer(folder)
         self.model = _load_language_model(folder, dtype, self.device)
-        self._memo_file = Path(cache_dir) / "encoder_files.json" if cache_dir is not None else None
         self._identity: str | None = None
-        self.cache = EmbeddingCache(cache_dir, self.identity) if cache_dir is not None else None
 
     @property
     def identity(self) -> str:
-        """Names this encoder for cache keys (`encoder_identity`: its files, dtype and the embedding recipe).
-        Computed on first use; with a cache_dir the file hashes are remembered there across runs."""
+        """Names this encoder for cache keys (`encoder_identity`: its files, dtype and the embedding recipe)."""
         if self._identity is None:
-            self._identity = encoder_identity(self.folder, self.dtype, self._memo_file)
+            self._identity = encoder_identity(self.folder, self.dtype)
         return self._identity
 
     @property
@@ -252,24 +207,14 @@ class TextEncoder:
         return full_concat(out.hidden_states)
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Embeddings of `prompts` in order, [B, 512, L * hidden]; each distinct prompt is computed at most
-        once (and never again while the cache holds it)."""
+        """Embeddings of `prompts` in order, [B, 512, L * hidden]; each distinct prompt is computed once."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"TextEncoder.encode: 'prompts' must be a non-empty sequence of strings, got {prompts!r}")
+        distinct = list(dict.fromkeys(prompts))
         found: dict[str, torch.Tensor] = {}
-        for prompt in dict.fromkeys(prompts):
-            cached = self.cache.load(prompt) if self.cache is not None else None
-            if cached is not None:
-                found[prompt] = cached.to(self.device, self.dtype)
-        misses = [p for p in dict.fromkeys(prompts) if p not in found]
-        for start in range(0, len(misses), self.batch_size):
-            batch = misses[start:start + self.batch_size]
-            for prompt, embedding in zip(batch, self.embed(batch)):
-                found[prompt] = embedding
-                if self.cache is not None:
-                    self.cache.save(prompt, embedding)
-        if misses:
-            log.info("text encoder: %d prompt(s) encoded, %d from the cache", len(misses), len(found) - len(misses))
+        for start in range(0, len(distinct), self.batch_size):
+            batch = distinct[start:start + self.batch_size]
+            found.update(zip(batch, self.embed(batch)))
         return torch.stack([found[p] for p in prompts])
 
 

@@ -669,9 +669,7 @@ class WanVAE(nn.Module):
             raise TypeError(f"WanVAE.decode: 'latent' must be a floating-point tensor, got {latent.dtype}")
 
 
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    """Blending sums run in fp32 (fp64 for an fp64 model)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from cosmos_engine.ops.reference import acc_dtype as _accumulator  # noqa: E402 (blending sums in fp32, fp64 for fp64)
 
 
 def check_state_dict(model: nn.Module, state_dict: dict, source: str) -> None:

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def acc_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype an op computes in for inputs like x: float64 for float64, else float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def acc_dtype(x: torch.Tensor | torch.dtype) -> torch.dtype:
+    """The accumulation dtype for inputs like x (a tensor or a dtype): float64 for float64, else float32.
+    The one definition: ops, the DiT's fp32 islands, the VAE's blending sums and the sampler all use it."""
+    dtype = x if isinstance(x, torch.dtype) else x.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def adaln_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

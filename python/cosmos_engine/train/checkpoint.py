@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import signal
 import warnings
@@ -36,27 +35,11 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from cosmos_engine import dcp_io
 from cosmos_engine.atomic import atomic_write, disk_full, remove_stale_temporaries
+from cosmos_engine.checkpoint_folders import (LATEST, PARTS, checkpoint_problem, complete_checkpoints,
+                                              iteration_dirname, latest_checkpoint)
 from cosmos_engine.errors import CheckpointError
 
 log = logging.getLogger(__name__)
-
-PARTS = ("model", "optim", "scheduler", "trainer")
-LATEST = "latest_checkpoint.txt"
-_ITER_RE = re.compile(r"^iter_(\d{9})$")
-
-
-def iteration_dirname(iteration: int) -> str:
-    return f"iter_{iteration:09d}"
-
-
-def checkpoint_problem(folder: Path, parts: tuple[str, ...] = PARTS, trust_checkpoint: bool = False) -> str | None:
-    """None when every part of the checkpoint folder is whole (see `dcp_io.folder_problem`), else what is
-    wrong, naming the file. Metadata that only --trust-checkpoint could read raises UntrustedContent."""
-    for part in parts:
-        problem = dcp_io.folder_problem(folder / part, trust_checkpoint)
-        if problem is not None:
-            return problem
-    return None
 
 
 def _distributed() -> bool:
@@ -95,37 +78,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _iteration_folders(checkpoints_dir: Path) -> list[tuple[int, Path]]:
-    """(iteration, folder) of every published checkpoint folder, complete or not, oldest first."""
-    if not checkpoints_dir.is_dir():
-        return []
-    found = []
-    for entry in checkpoints_dir.iterdir():
-        match = _ITER_RE.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def complete_checkpoints(checkpoints_dir: Path, trust_checkpoint: bool = False) -> list[tuple[int, Path]]:
-    """(iteration, folder) of every complete checkpoint, oldest first."""
-    return [(it, folder) for it, folder in _iteration_folders(checkpoints_dir)
-            if checkpoint_problem(folder, trust_checkpoint=trust_checkpoint) is None]
-
-
-def latest_checkpoint(checkpoints_dir: Path, trust_checkpoint: bool = False) -> Path | None:
-    """The newest complete checkpoint, warning about each newer folder skipped as broken.
-
-    latest_checkpoint.txt is written for the official tools, but the folders decide: the pointer is
-    updated after the rename, so a crash in between leaves it one checkpoint behind, never ahead."""
-    for _, folder in reversed(_iteration_folders(checkpoints_dir)):
-        problem = checkpoint_problem(folder, trust_checkpoint=trust_checkpoint)
-        if problem is None:
-            return folder
-        log.warning("skipping the broken checkpoint %s: %s", folder, problem)
-    return None
 
 
 class CheckpointManager:

@@ -1,17 +1,16 @@
 """What a training step consumes: clean VAE latents and text embeddings, from the cache or computed online.
 
 `cache = "windows"` (default): before the first step the cached windows of every video (starts at most
-`window_stride` frames apart over the whole valid range, at most `max_cached_windows` per video) and every
-caption are encoded once (`data.cache.LatentCache.build`), and the steps read latents from disk and the
-caption's embedding from memory, so neither the VAE nor the text encoder runs inside a step. Each sample's
-start is drawn uniformly among its video's cached starts (`window_stride = 1`: among all starts, as below).
-`cache = "off"` (the official behaviour): each step decodes a window from a uniformly random start and runs
-the frozen VAE on it under `inference_mode`; captions are still encoded once per run (the NeMo set has a
-single caption).
+`window_stride` frames apart over the whole valid range, at most `max_cached_windows` per video) are
+encoded once (`data.cache.LatentCache.build`), and the steps read latents from disk, so the VAE never runs
+inside a step. Each sample's start is drawn uniformly among its video's cached starts (`window_stride = 1`:
+among all starts, as below). `cache = "off"` (the official behaviour): each step decodes a window from a
+uniformly random start and runs the frozen VAE on it under `inference_mode`. Either way each caption is
+encoded once, ever: its embedding is cached in DATASET/cache/text (`data.text_embeddings`, loading the
+text encoder only when a caption is missing there) and read from disk for each batch.
 
-The frozen encoders: `[model] vae_path` / `text_encoder_path`; left empty, the tiny flavor uses a seeded
-random tiny VAE and a tiny random Reason1 stand-in written into the dataset's cache folder, so the tiny
-recipe needs no download. The 2B flavor requires both paths.
+The frozen encoders come from `data.encoders` (`[model] vae_path` / `text_encoder_path`, or the tiny
+flavor's seeded stand-ins, the text one written into DATASET/cache/tiny_reason1).
 """
 
 from __future__ import annotations
@@ -25,41 +24,13 @@ import torch.distributed as dist
 from cosmos_engine.config.schema import DataConfig, ModelConfig, TrainConfig
 from cosmos_engine.data.cache import BuildStats, CachedWindowDataset, LatentCache
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records, make_decoder
-from cosmos_engine.errors import RecipeError
-from cosmos_engine.models.flavors import parameter_dtype, vae_config
-from cosmos_engine.models.text_encoder import TextEncoder, tiny_encoder
-from cosmos_engine.models.wan_vae import WanVAE, load_vae
+from cosmos_engine.data.encoders import build_vae, text_encoder_source
+from cosmos_engine.data.text_embeddings import TextEmbeddings, TextStats, cached_embeddings
+from cosmos_engine.models.flavors import vae_config
+from cosmos_engine.models.wan_vae import WanVAE
 from cosmos_engine.train.stop_signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
-
-
-def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
-    dtype = parameter_dtype(model_cfg.dtype)
-    if model_cfg.vae_path:
-        return load_vae(Path(model_cfg.vae_path).absolute(), vae_config(model_cfg.flavor), device=device, dtype=dtype)
-    if model_cfg.flavor != "tiny":
-        raise RecipeError(f"model.vae_path is empty; the {model_cfg.flavor!r} flavor needs the Wan2.1 VAE weights "
-                          "(tokenizer.pth of Cosmos-Predict2.5-2B)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # the same random tiny VAE every time, so its cache identity is stable
-        vae = WanVAE(vae_config("tiny"))
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def build_text_encoder(model_cfg: ModelConfig, dataset_dir: Path, device: torch.device) -> TextEncoder:
-    dtype = parameter_dtype(model_cfg.dtype)
-    if model_cfg.text_encoder_path:
-        return TextEncoder(Path(model_cfg.text_encoder_path).absolute(), device=device, dtype=dtype)
-    if model_cfg.flavor != "tiny":
-        raise RecipeError(f"model.text_encoder_path is empty; the {model_cfg.flavor!r} flavor needs a local copy "
-                          "of nvidia/Cosmos-Reason1-7B")
-    folder = dataset_dir / "cache" / "tiny_reason1"
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        tiny_encoder(folder, seed=0)
-    if dist.is_initialized():
-        dist.barrier()
-    return TextEncoder(folder, device=device, dtype=dtype)
 
 
 class LatentEncoder:
@@ -86,10 +57,10 @@ class LatentEncoder:
 class TrainingData:
     """Endless (x0 [B, C, T, H, W] float32, text [B, N, C_text]) batches for one rank, resumable."""
 
-    def __init__(self, loader, text_by_prompt: dict[str, torch.Tensor], vae: LatentEncoder | None, device: torch.device,
+    def __init__(self, loader, text_by_prompt: TextEmbeddings, vae: LatentEncoder | None, device: torch.device,
                  latent_thw: tuple[int, int, int]):
         self.loader = loader
-        self.text_by_prompt = text_by_prompt
+        self.text_by_prompt = text_by_prompt  # read from disk per batch, so memory does not grow with captions
         self.vae = vae  # only with cache = "off"
         self.device = device
         self.latent_thw = latent_thw
@@ -121,35 +92,35 @@ class TrainingData:
 
 
 def fill_cache(model_cfg: ModelConfig, data_cfg: DataConfig, device: torch.device, *, rank: int = 0,
-               world_size: int = 1) -> tuple[VideoWindowDataset, LatentEncoder, str, BuildStats]:
-    """Encode what a run of this recipe reads before its first step and is not cached yet: every window and
-    caption (`cache = "windows"`), or the captions only (`cache = "off"`). Used by training and by
-    `cosmos-engine prepare --cache RECIPE`. Returns the video windows, the VAE, the text encoder's identity
-    (the encoder itself is dropped here, before the DiT is built) and what the build did. Several ranks
-    share the work; the caller waits for all of them before reading."""
+               world_size: int = 1) -> tuple[VideoWindowDataset, LatentEncoder, TextEmbeddings, BuildStats, TextStats]:
+    """Encode what a run of this recipe reads before its first step and is not cached yet: every caption, and
+    every window with `cache = "windows"`. Used by training and by `cosmos-engine prepare --cache RECIPE`.
+    Returns the video windows, the VAE, the captions' embeddings (read from the cache on access) and what the
+    two builds did. The text encoder is loaded only for missing captions and dropped before this returns. Several
+    ranks share the latent work (rank 0 alone encodes captions); the caller waits for all of them before
+    reading latents."""
     dataset_dir = Path(data_cfg.dataset_dir).absolute()
     videos = VideoWindowDataset(load_records(dataset_dir), data_cfg.num_frames, data_cfg.height, data_cfg.width,
                                 make_decoder(data_cfg.decoder))
+    source = text_encoder_source(model_cfg, dataset_dir / "cache" / "tiny_reason1")
+    texts, text_stats = cached_embeddings([r.prompt for r in videos.records], dataset_dir / "cache" / "text", source,
+                                          device)
     vae = LatentEncoder(build_vae(model_cfg, device), model_cfg.vae_tiled)
-    text_encoder = build_text_encoder(model_cfg, dataset_dir, device)
-    cache = LatentCache(dataset_dir)
+    stats = BuildStats()
     if data_cfg.cache == "windows":
-        stats = cache.build(videos, vae, text_encoder, window_stride=data_cfg.window_stride,
-                            max_cached_windows=data_cfg.max_cached_windows, device=device,
-                            num_workers=data_cfg.num_workers, rank=rank, world_size=world_size,
-                            worker_init_fn=ignore_stop_signals)
-    else:  # captions only: they are encoded once per run whatever the setting
-        stats = cache.build_text(videos, text_encoder, rank=rank, world_size=world_size)
-    return videos, vae, text_encoder.identity, stats
+        stats = LatentCache(dataset_dir).build(videos, vae, window_stride=data_cfg.window_stride,
+                                               max_cached_windows=data_cfg.max_cached_windows, device=device,
+                                               num_workers=data_cfg.num_workers, rank=rank,
+                                               world_size=world_size, worker_init_fn=ignore_stop_signals)
+    return videos, vae, texts, stats, text_stats
 
 
 def build_training_data(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int, rank: int,
                         world_size: int, device: torch.device) -> TrainingData:
-    videos, vae, text_identity, _ = fill_cache(model_cfg, data_cfg, device, rank=rank, world_size=world_size)
+    videos, vae, text_by_prompt, _, _ = fill_cache(model_cfg, data_cfg, device, rank=rank, world_size=world_size)
     if dist.is_initialized():
         dist.barrier()
     cache = LatentCache(Path(data_cfg.dataset_dir).absolute())
-    text_by_prompt = cache.text_embeddings([r.prompt for r in videos.records], text_identity)
     if data_cfg.cache == "windows":
         dataset = CachedWindowDataset(cache, videos, vae.identity, window_stride=data_cfg.window_stride,
                                       max_cached_windows=data_cfg.max_cached_windows)

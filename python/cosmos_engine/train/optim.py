@@ -8,7 +8,6 @@ the cycle (official LambdaLinearScheduler: f_start 1e-6, f_max 0.5, f_min 0.2, c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -72,7 +71,3 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> tup
     if coefficient < 1.0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm, coefficient
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)
