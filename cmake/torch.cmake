@@ -1,8 +1,9 @@
 # Locate torch, the NVIDIA wheels, CUTLASS and nvcc by asking Python (cmake/probe_python.py), then
 # define the imported target `cosmos_torch` and decide whether the CUDA sources are built.
 #
-# Inputs:  COSMOS_ENGINE_CUDA = AUTO | ON | OFF, TORCH_CUDA_ARCH_LIST (default "9.0a").
-# Outputs: COSMOS_BUILD_CUDA (ON/OFF), COSMOS_CUDA_WHY (one line), COSMOS_CUDA_ARCHS, target cosmos_torch.
+# Inputs:  COSMOS_ENGINE_CUDA = AUTO | ON | OFF, TORCH_CUDA_ARCH_LIST (default: COSMOS_DEFAULT_CUDA_ARCH_LIST).
+# Outputs: COSMOS_BUILD_CUDA (ON/OFF), COSMOS_CUDA_WHY (one line), target cosmos_torch, and the archs:
+#          COSMOS_CUDA_ARCH_LIST (torch's spelling), COSMOS_CUDA_CUBINS (sm_XY), COSMOS_CUDA_PTX (compute_XY).
 #
 # We do not use torch's own TorchConfig.cmake: with a CUDA build of torch it insists on a complete CUDA
 # toolkit even for a CPU-only extension, and it ignores CMAKE_CUDA_ARCHITECTURES.
@@ -57,18 +58,34 @@ if(_cuda_mode STREQUAL "ON" AND NOT COSMOS_BUILD_CUDA)
 endif()
 
 if(COSMOS_BUILD_CUDA)
-  # TORCH_CUDA_ARCH_LIST uses torch's spelling ("9.0a;8.0"); CMake wants "90a;80".
+  # The shipped default covers the GPUs users post-train on: A100 (8.0), RTX 30xx/A40 (8.6), L40S/RTX 40xx
+  # (8.9), H100/H200 (9.0a), B200/GB200 (10.0a), RTX 50xx/RTX PRO 6000 (12.0), plus PTX of the highest for
+  # later GPUs to JIT. Our kernels use no arch-specific ("a") feature, so the "a" cubins are plain code.
+  set(COSMOS_DEFAULT_CUDA_ARCH_LIST "8.0;8.6;8.9;9.0a;10.0a;12.0+PTX")
   if(NOT TORCH_CUDA_ARCH_LIST)
-    set(TORCH_CUDA_ARCH_LIST "9.0a")
+    set(TORCH_CUDA_ARCH_LIST "${COSMOS_DEFAULT_CUDA_ARCH_LIST}")
   endif()
+  # TORCH_CUDA_ARCH_LIST uses torch's spelling ("8.0;9.0a;12.0+PTX"); CMake wants "80-real;90a-real;120"
+  # (-real: cubin only; no suffix: cubin and PTX). The cubin and PTX lists go into build_info, from which
+  # cosmos_engine.ops decides at run time whether a GPU can run our kernels.
   string(REPLACE " " ";" _archs "${TORCH_CUDA_ARCH_LIST}")
+  set(COSMOS_CUDA_ARCH_LIST "")
   set(COSMOS_CUDA_ARCHS "")
+  set(COSMOS_CUDA_CUBINS "")
+  set(COSMOS_CUDA_PTX "")
   foreach(_arch ${_archs})
-    if(NOT _arch MATCHES "^[0-9]+\\.[0-9]+a?$")
-      message(FATAL_ERROR "TORCH_CUDA_ARCH_LIST entry '${_arch}' is not of the form 9.0 or 9.0a")
+    if(NOT _arch MATCHES "^([0-9]+)\\.([0-9])(a?)(\\+PTX)?$")
+      message(FATAL_ERROR "TORCH_CUDA_ARCH_LIST entry '${_arch}' is not of the form 9.0, 9.0a or 12.0+PTX")
     endif()
-    string(REPLACE "." "" _arch "${_arch}")
-    list(APPEND COSMOS_CUDA_ARCHS "${_arch}")
+    set(_sm "${CMAKE_MATCH_1}${CMAKE_MATCH_2}${CMAKE_MATCH_3}")
+    list(APPEND COSMOS_CUDA_ARCH_LIST "${_arch}")
+    list(APPEND COSMOS_CUDA_CUBINS "sm_${_sm}")
+    if(CMAKE_MATCH_4)
+      list(APPEND COSMOS_CUDA_ARCHS "${_sm}")
+      list(APPEND COSMOS_CUDA_PTX "compute_${_sm}")
+    else()
+      list(APPEND COSMOS_CUDA_ARCHS "${_sm}-real")
+    endif()
   endforeach()
   set(CMAKE_CUDA_COMPILER "${COSMOS_NVCC}")
   set(CUDAToolkit_ROOT "${COSMOS_CUDA_TOOLKIT_ROOT}")
@@ -82,5 +99,7 @@ if(COSMOS_BUILD_CUDA)
   # ATen's CUDA headers include cublas_v2.h and cusparse.h, which only the nvidia wheels carry here.
   target_include_directories(cosmos_torch SYSTEM INTERFACE ${COSMOS_NVIDIA_WHEEL_INCLUDE_DIRS})
 else()
-  set(COSMOS_CUDA_ARCHS "")
+  set(COSMOS_CUDA_ARCH_LIST "")
+  set(COSMOS_CUDA_CUBINS "")
+  set(COSMOS_CUDA_PTX "")
 endif()

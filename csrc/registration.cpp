@@ -27,6 +27,8 @@ std::string build_info() {
   json += std::string("\"cuda\": ") + (kWithCuda ? "true" : "false") + ", ";
   json += "\"cuda_reason\": \"" COSMOS_BUILD_CUDA_REASON "\", ";
   json += "\"cuda_archs\": \"" COSMOS_BUILD_CUDA_ARCHS "\", ";
+  json += "\"cuda_cubins\": \"" COSMOS_BUILD_CUDA_CUBINS "\", ";
+  json += "\"cuda_ptx\": \"" COSMOS_BUILD_CUDA_PTX "\", ";
   json += "\"cutlass_include\": \"" COSMOS_BUILD_CUTLASS_DIR "\", ";
   json += std::string("\"cpu_isa\": \"") + cpu_isa() + "\", ";
   json += std::string("\"attention_cpu_isa\": \"") + attention_cpu_isa() + "\"";
@@ -38,7 +40,7 @@ std::string build_info() {
 }  // namespace cosmos_engine
 
 TORCH_LIBRARY(cosmos_engine, m) {
-  // JSON describing the build: torch version, CUDA on/off and why, archs.
+  // JSON describing the build: torch version, CUDA on/off and why, archs (and the cubins and PTX in _C).
   m.def("build_info() -> str", &cosmos_engine::build_info);
 
   // LayerNorm without affine (eps) of each token of x [B, L, D], then per-frame modulation

@@ -1,4 +1,4 @@
-// CUDA kernels of rmsnorm_rope (compiled for sm_90a; nothing here is Hopper-specific).
+// CUDA kernels of rmsnorm_rope (plain CUDA: no arch-specific feature, so every built arch gets the same code).
 //
 // Forward and grad_x: one warp per row (head vector); lane k handles the pairs (i, i + d/2) for
 // i = k, k + 32, ..., so a rotation pair never leaves its thread, and the row sums are warp reductions.

@@ -48,10 +48,15 @@ def _info(args: argparse.Namespace) -> int:
     import torch
 
     from cosmos_engine import build_info
+    from cosmos_engine.ops import _library
     from cosmos_engine.ops.attention import backend_name as attention_backend
 
     info = build_info()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    # Per visible GPU: its compute capability and the cubin/PTX of _C it runs (None: ops use the reference).
+    gpus = [{"name": name, "capability": "%d.%d" % torch.cuda.get_device_capability(i),
+             "kernel_image": _library.cuda_kernel_image(torch.cuda.get_device_capability(i))}
+            for i, name in enumerate(devices)]
     # The attention implementation per visible device and dtype (head dim 128, the 2B model's).
     attn = {f"cpu {dtype}": attention_backend(torch.device("cpu"), getattr(torch, dtype))
             for dtype in ("float32", "bfloat16")}
@@ -59,7 +64,7 @@ def _info(args: argparse.Namespace) -> int:
         for dtype in ("bfloat16", "float16", "float32"):
             attn[f"cuda:{i} {dtype}"] = attention_backend(torch.device("cuda", i), getattr(torch, dtype))
     report = {"build": info, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-              "cuda_devices": devices, "cpu_threads": torch.get_num_threads(), "attention_backend": attn}
+              "cuda_devices": devices, "gpus": gpus, "cpu_threads": torch.get_num_threads(), "attention_backend": attn}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -67,14 +72,20 @@ def _info(args: argparse.Namespace) -> int:
     if info["loaded"]:
         print(f"  extension     {info['path']}")
         print(f"  built against torch {info['torch_version']}")
-        print(f"  CUDA kernels  {'yes' if info['cuda'] else 'no'}: {info['cuda_reason']}"
-              + (f" (archs {info['cuda_archs']})" if info["cuda"] else ""))
+        print(f"  CUDA kernels  {'yes' if info['cuda'] else 'no'}: {info['cuda_reason']}")
+        if info["cuda"]:
+            print(f"  CUDA archs    {_library.cuda_archs_summary()}")
         for op, kernels in info["ops"].items():
             print(f"  op {op:<24} cpu={'yes' if kernels['cpu'] else 'no'} cuda={'yes' if kernels['cuda'] else 'no'}")
     else:
         print(f"  extension     not loaded: {info['why']} (ops use the PyTorch reference)")
     print(f"  torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'}), {torch.get_num_threads()} CPU threads")
     print(f"  GPUs          {', '.join(devices) if devices else 'none'}")
+    for i, gpu in enumerate(gpus):
+        runs = (f"our CUDA kernels run ({gpu['kernel_image']})" if gpu["kernel_image"] else
+                "our CUDA kernels do NOT run (" + ("no arch built for it" if info.get("cuda") else "none built")
+                + "): ops use the PyTorch reference")
+        print(f"  cuda:{i}        {gpu['name']} (compute capability {gpu['capability']}): {runs}")
     for key, name in attn.items():
         print(f"  attention     {key}: {name}")
     return 0

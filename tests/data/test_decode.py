@@ -151,6 +151,7 @@ def test_dali_errors_name_the_file_and_the_reason_and_the_decoder_recovers(vp9_g
 
 @pytest.mark.cuda
 def test_dali_reads_the_same_frames_as_pyav(gop_clip):
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed (the optional 'dali' extra)")
     from cosmos_engine.data.decode_dali import DALIDecoder
 
     dali = DALIDecoder().read_frames(gop_clip, range(11, 20))

@@ -1,7 +1,7 @@
 """Which implementation an op runs: the CUDA kernel, the CPU kernel, or the PyTorch reference.
 
-By default the device of the inputs decides (CUDA kernel for CUDA tensors when _C has CUDA kernels, CPU
-kernel for CPU tensors when _C is loaded, the reference otherwise). `force_backend(...)` overrides that
+By default the device of the inputs decides (CUDA kernel for CUDA tensors when _C has CUDA kernels that
+this GPU can run, CPU kernel for CPU tensors when _C is loaded, the reference otherwise). `force_backend(...)` overrides that
 for every op inside a `with` block, so a test can run the same model on both paths and compare.
 """
 
@@ -24,6 +24,8 @@ BACKENDS: tuple[Backend, ...] = ("reference", "cpu", "cuda")
 # A plain module global (not a ContextVar) so torch.compile can read it while tracing.
 _forced: Backend | None = None
 _warned_reference = False
+# Per CUDA device index: whether _C holds a cubin or PTX that it runs (decided, and warned about, once).
+_cuda_device_ok: dict[int, bool] = {}
 
 
 @contextlib.contextmanager
@@ -48,15 +50,33 @@ def forced_backend() -> Backend | None:
     return _forced
 
 
+def _cuda_kernels_run_on(device: torch.device) -> bool:
+    """Whether the GPU `device` can run our CUDA kernels; warns once per device when it cannot."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    ok = _cuda_device_ok.get(index)
+    if ok is None:
+        capability = torch.cuda.get_device_capability(index)
+        ok = _cuda_device_ok[index] = _library.cuda_kernel_image(capability) is not None
+        if not ok:
+            log.warning("%s (cuda:%d, compute capability %d.%d) can run none of cosmos_engine's CUDA kernels, "
+                        "which were built for %s; every op uses the PyTorch reference on it. Rebuild with "
+                        "TORCH_CUDA_ARCH_LIST=%d.%d for this GPU", torch.cuda.get_device_name(index), index,
+                        *capability, _library.cuda_archs_summary(), *capability)
+    return ok
+
+
 def select(device: torch.device) -> Backend:
     """The backend an op should use for tensors on `device`."""
     forced = _forced
     if forced is not None:
         if forced != "reference" and forced != device.type:
             raise RuntimeError(f"backend {forced!r} is forced but the inputs are on {device}")
+        if forced == "cuda" and not _cuda_kernels_run_on(device):
+            raise RuntimeError(f"force_backend('cuda'): {torch.cuda.get_device_name(device)} cannot run the CUDA "
+                               f"kernels of this build ({_library.cuda_archs_summary()})")
         return forced
     if device.type == "cuda" and _library.has_cuda_kernels():
-        return "cuda"
+        return "cuda" if _cuda_kernels_run_on(device) else "reference"  # the latter warned once per device
     if device.type == "cpu" and _library.is_loaded():
         return "cpu"
     global _warned_reference

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -82,3 +83,40 @@ def is_loaded() -> bool:
 def has_cuda_kernels() -> bool:
     """True when _C holds CUDA kernels (whether a GPU is present is a separate question)."""
     return bool(_INFO["loaded"] and _INFO["cuda"])
+
+
+def _arch(name: str) -> tuple[int, int, str]:
+    """'sm_90a' -> (9, 0, 'a'), 'compute_120' -> (12, 0, '')."""
+    match = re.fullmatch(r"(?:sm|compute)_(\d+)(\d)([af]?)", name)
+    if match is None:
+        raise ValueError(f"not a CUDA arch name such as sm_90a or compute_120: {name!r}")
+    return int(match.group(1)), int(match.group(2)), match.group(3)
+
+
+def cuda_kernel_image(capability: tuple[int, int]) -> str | None:
+    """The cubin or PTX of _C that a GPU of compute capability `capability` runs, or None if it has none.
+
+    A cubin sm_XY runs on X.Y and the later minors of major X (sm_XYa only on X.Y, sm_XYf on the X
+    family); PTX compute_XY is JIT-compiled for X.Y and every later GPU (compute_XYa only for X.Y)."""
+    if not has_cuda_kernels():
+        return None
+    major, minor = capability
+    cubins = []  # (minor, name) of every cubin that runs here; the driver takes the closest, as we report
+    for name in filter(None, _INFO.get("cuda_cubins", "").split(",")):
+        arch_major, arch_minor, suffix = _arch(name)
+        if arch_major == major and (arch_minor == minor or (suffix != "a" and arch_minor < minor)):
+            cubins.append((arch_minor, name))
+    if cubins:
+        return max(cubins)[1]
+    for name in filter(None, _INFO.get("cuda_ptx", "").split(",")):
+        arch_major, arch_minor, suffix = _arch(name)
+        fits = {"a": (major, minor) == (arch_major, arch_minor), "f": major == arch_major and minor >= arch_minor}
+        if fits.get(suffix, (major, minor) >= (arch_major, arch_minor)):
+            return f"{name} (PTX, JIT-compiled)"
+    return None
+
+
+def cuda_archs_summary() -> str:
+    """The archs _C was built for, in one line: "8.0,9.0a,12.0+PTX (cubins sm_80,sm_90a,sm_120; PTX compute_120)"."""
+    return (f"{_INFO.get('cuda_archs') or 'no archs'} (cubins {_INFO.get('cuda_cubins') or 'none'}; "
+            f"PTX {_INFO.get('cuda_ptx') or 'none'})")
