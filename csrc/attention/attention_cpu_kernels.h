@@ -8,13 +8,15 @@
 // and to D rounded up to kNr: rows [L, Dp] for operands read along D, panels [L/kNr, Dp, kNr] for operands
 // read across keys. That converts bf16/fp16 once, reads the [B, L, H, D] inputs in place through their
 // strides, and lets one register-blocked micro-kernel (6 x 16 with AVX2: 12 ymm accumulators; 12 x 32
-// with AVX-512: 24 zmm) serve every product without edge cases. Extra memory: the packed copies,
-// O(B * H * L * D), never an L x L matrix; scores live in per-thread [kBlockQ, kBlockK] tiles.
+// with AVX-512: 24 zmm) serve every product without edge cases. Extra memory: the packed copies and
+// the backward's dQ partials, O(B * H * L * D), never an L x L matrix; scores live in per-thread
+// [kBlockQ, kBlockK] tiles.
 //
-// Forward: tasks (b, h, query tile), online softmax over key tiles. Backward, without atomics: dK/dV in
-// tasks (b, h, key tile) looping over query tiles, then dQ in tasks (b, h, query tile) looping over key
-// tiles, both recomputing P from lse. Every output element is summed by one task in a fixed order, so the
-// results do not depend on the thread count.
+// Forward: tasks (b, h, query tile), online softmax over key tiles. Backward, one pass without atomics:
+// tasks (b, h, key chunk) loop over the chunk's key tiles and, per key tile, over all query tiles,
+// recomputing P from lse once per tile pair for the five GEMMs (S, dP, dV, dK, dQ); dK and dV belong to
+// the task, dQ goes to the chunk's own fp32 partial, and the partials are summed in chunk order after.
+// Every output element is summed in a fixed order, so the results do not depend on the thread count.
 #pragma once
 
 #include "attention/attention_math.h"
