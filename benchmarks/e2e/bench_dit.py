@@ -1,8 +1,11 @@
 """Benchmark the DiT end to end: forward and forward+backward time and peak host memory.
 
 Flavors: "tiny" (fp32 and bf16) and "2b" (fp32 only: bf16 GEMMs are pathologically slow on CPUs without
-AVX512-BF16, see BUILD_NOTES). Paths: "kernel" (the default op dispatch: our compiled adaln_layernorm and
-SDPA) and "reference" (`ops.force_backend("reference")`: the PyTorch reference ops).
+AVX512-BF16, see BUILD_NOTES), and the point "long": the tiny net on 4 latent frames of 44 x 80 patches
+(14080 tokens, --long-grid), where attention dominates, fp32 and bf16. Paths: "kernel" (the default op
+dispatch: our compiled ops, our attention included), "reference" (`ops.force_backend("reference")`: the
+PyTorch reference ops) and, for "long", "kernel_sdpa" (our compiled ops with torch SDPA for attention,
+`ops.attention.sdpa_on_cpu()`), so its rows compare whole-DiT time with our attention vs SDPA.
 Shapes: 512 text tokens (the real count); video tokens per flavor (--tiny-grid, --2b-grid, in latent
 frames x patch rows x patch columns). At small video token counts the 100352 -> 1024 text projection and
 the cross-attention K/V projections of the 512 text tokens are a large part of the 2B cost.
@@ -11,11 +14,12 @@ Each (flavor, dtype, path) runs in its own process so that its peak resident mem
 /proc/self/status, read after the forward and again after forward+backward) is its own. Weights of the 2B
 net are uniform random (its official init takes half a minute here and the timing does not depend on the
 values). Timing: time.perf_counter around each call after warm-up, the median; the tiny flavor uses
-benchmarks.common.time_fn (10 repetitions), the 2B flavor --2b-reps repetitions because one forward+backward
-takes tens of seconds on a CPU. The 2B forward+backward needs about twice the weights (7.7 GiB fp32 each for
+benchmarks.common.time_fn (10 repetitions), the 2B flavor and the long point --2b-reps / --long-reps
+repetitions because one forward+backward takes tens of seconds on a CPU. The 2B forward+backward needs about twice the weights (7.7 GiB fp32 each for
 weights and gradients) and is skipped, saying so, when MemAvailable after building is below 1.25x the weights.
 
-    python benchmarks/e2e/bench_dit.py [--flavors tiny 2b] [--tiny-grid 2 16 16] [--2b-grid 1 8 8] [--2b-reps 2]
+    python benchmarks/e2e/bench_dit.py [--flavors tiny 2b long] [--tiny-grid 2 16 16] [--2b-grid 1 8 8] [--2b-reps 2]
+                                       [--long-grid 4 44 80] [--long-reps 2]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import median, print_table, time_fn, write_result  # noqa: E402
 from cosmos_engine import ops  # noqa: E402
 from cosmos_engine.models.cosmos_dit import CosmosDiT  # noqa: E402
+from cosmos_engine.ops.attention import sdpa_on_cpu  # noqa: E402
 from cosmos_engine.models.flavors import dit_config  # noqa: E402
 
 TEXT_TOKENS = 512
@@ -117,11 +122,13 @@ def worker(spec: dict) -> dict:
         net(**inputs).square().mean().backward()
 
     def timed(fn):
-        if spec["flavor"] == "tiny":
+        if "reps" not in spec:
             return time_fn(fn, device, warmup=3, reps=10)
         return few_times(fn, warmup=1, reps=spec["reps"])
 
-    with ops.force_backend("reference") if spec["path"] == "reference" else contextlib.nullcontext():
+    paths = {"kernel": contextlib.nullcontext, "reference": lambda: ops.force_backend("reference"),
+             "kernel_sdpa": sdpa_on_cpu}
+    with paths[spec["path"]]():
         result["fwd_times"] = timed(forward)
         result["fwd_s"] = median(result["fwd_times"])
         result["peak_fwd_GB"] = proc_status_bytes("VmHWM") / GIB
@@ -138,12 +145,16 @@ def worker(spec: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flavors", nargs="+", default=["tiny", "2b"], choices=["tiny", "2b"])
+    parser.add_argument("--flavors", nargs="+", default=["tiny", "2b", "long"], choices=["tiny", "2b", "long"])
     parser.add_argument("--tiny-grid", type=int, nargs=3, default=[2, 16, 16], metavar=("T", "H", "W"))
     parser.add_argument("--2b-grid", dest="grid_2b", type=int, nargs=3, default=[1, 8, 8], metavar=("T", "H", "W"))
     parser.add_argument("--2b-reps", dest="reps_2b", type=int, default=2)
     parser.add_argument("--2b-reference-backward", dest="reference_backward_2b", action="store_true",
                         help="also time forward+backward of the 2B net on the reference path (another ~minute)")
+    parser.add_argument("--long-grid", type=int, nargs=3, default=[4, 44, 80], metavar=("T", "H", "W"))
+    parser.add_argument("--long-reps", type=int, default=2)
+    parser.add_argument("--long-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--name", default="dit", help="result file: benchmarks/results/<date>_cpu_<name>.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -157,6 +168,10 @@ def main() -> None:
     if "2b" in args.flavors:
         specs += [{"flavor": "2b", "dtype": "float32", "path": path, "grid": args.grid_2b, "reps": args.reps_2b,
                    "backward": path == "kernel" or args.reference_backward_2b} for path in ("kernel", "reference")]
+    if "long" in args.flavors:
+        specs += [{"flavor": "tiny", "point": "long", "dtype": dtype, "path": path, "grid": args.long_grid,
+                   "reps": args.long_reps, "backward": True}
+                  for dtype in args.long_dtypes for path in ("kernel", "kernel_sdpa")]
     load_before = os.getloadavg()
     rows = []
     for spec in specs:
@@ -168,12 +183,18 @@ def main() -> None:
     for row in rows:
         row["fwd_ms"] = row.get("fwd_s", float("nan")) * 1e3
         row["fwdbwd_ms"] = row.get("fwdbwd_s", float("nan")) * 1e3
+    for row in rows:  # long point: whole-DiT speed-up of our attention over SDPA, same dtype
+        sdpa_row = next((r for r in rows if r.get("point") == "long" and r["path"] == "kernel_sdpa"
+                         and r["dtype"] == row["dtype"]), None)
+        if row.get("point") == "long" and row["path"] == "kernel" and sdpa_row:
+            row["fwd_vs_sdpa"] = sdpa_row["fwd_ms"] / row["fwd_ms"]
+            row["fwdbwd_vs_sdpa"] = sdpa_row["fwdbwd_ms"] / row["fwdbwd_ms"]
     load = {"before": load_before, "after": os.getloadavg()}
-    path = write_result("dit", torch.device("cpu"), {"benchmark": "dit_e2e", "text_tokens": TEXT_TOKENS,
+    path = write_result(args.name, torch.device("cpu"), {"benchmark": "dit_e2e", "text_tokens": TEXT_TOKENS,
                                                      "load_average_1_5_15min": load, "rows": rows})
     print(f"{torch.get_num_threads()} threads, {TEXT_TOKENS} text tokens; memory in GiB (VmHWM, per process); "
           f"load average before {load_before[0]:.1f}, after {load['after'][0]:.1f} (other processes skew timings)")
-    print_table(rows, ["flavor", "dtype", "path", "tokens", "fwd_ms", "fwdbwd_ms", "weights_GB", "rss_built_GB",
+    print_table(rows, ["flavor", "point", "dtype", "path", "tokens", "fwd_ms", "fwdbwd_ms", "fwd_vs_sdpa", "fwdbwd_vs_sdpa", "weights_GB", "rss_built_GB",
                        "peak_fwd_GB", "peak_fwdbwd_GB", "fwdbwd_note", "error"])
     print(f"wrote {path}")
 

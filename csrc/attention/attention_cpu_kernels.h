@@ -8,13 +8,15 @@
 // and to D rounded up to kNr: rows [L, Dp] for operands read along D, panels [L/kNr, Dp, kNr] for operands
 // read across keys. That converts bf16/fp16 once, reads the [B, L, H, D] inputs in place through their
 // strides, and lets one register-blocked micro-kernel (6 x 16 with AVX2: 12 ymm accumulators; 12 x 32
-// with AVX-512: 24 zmm) serve every product without edge cases. Extra memory: the packed copies,
-// O(B * H * L * D), never an L x L matrix; scores live in per-thread [kBlockQ, kBlockK] tiles.
+// with AVX-512: 24 zmm) serve every product without edge cases. Extra memory: the packed copies and
+// the backward's dQ partials, O(B * H * L * D), never an L x L matrix; scores live in per-thread
+// [kBlockQ, kBlockK] tiles.
 //
-// Forward: tasks (b, h, query tile), online softmax over key tiles. Backward, without atomics: dK/dV in
-// tasks (b, h, key tile) looping over query tiles, then dQ in tasks (b, h, query tile) looping over key
-// tiles, both recomputing P from lse. Every output element is summed by one task in a fixed order, so the
-// results do not depend on the thread count.
+// Forward: tasks (b, h, query tile), online softmax over key tiles. Backward, one pass without atomics:
+// tasks (b, h, key chunk) loop over the chunk's key tiles and, per key tile, over all query tiles,
+// recomputing P from lse once per tile pair for the five GEMMs (S, dP, dV, dK, dQ); dK and dV belong to
+// the task, dQ goes to the chunk's own fp32 partial, and the partials are summed in chunk order after.
+// Every output element is summed in a fixed order, so the results do not depend on the thread count.
 #pragma once
 
 #include "attention/attention_math.h"
@@ -25,6 +27,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -360,6 +363,14 @@ inline void score_grads(const acc* q, const acc* dout, const acc* k_panels, cons
   }
 }
 
+// Key chunks per slice in the backward: enough (slice, chunk) tasks to keep kBackwardTasks threads busy
+// when there are few slices. A constant, never the thread count, so that the dQ sums keep their order;
+// each chunk adds one fp32 [Lq, D] partial of dQ per slice.
+constexpr int64_t kBackwardTasks = 8;
+inline int64_t backward_key_chunks(int64_t slices, int64_t k_tiles) {
+  return std::clamp<int64_t>((kBackwardTasks + slices - 1) / slices, 1, k_tiles);
+}
+
 template <typename T, typename Unused>
 void bwd_cpu(const BwdParams& p) {
   using acc = at::opmath_type<T>;
@@ -399,38 +410,48 @@ void bwd_cpu(const BwdParams& p) {
       for (int64_t d = 0; d < g.dim; ++d) dst[d] = static_cast<T>(src[i * dp + d] * factor);
     }
   };
-  // dK, dV: one task per (slice, key tile), query tiles in order.
-  at::parallel_for(0, slices * k_tiles, 1, [&](int64_t begin, int64_t end) {
+  // One pass: tasks (slice, key chunk); per key tile of the chunk, over all query tiles in order, P and dS
+  // are computed once and feed dV and dK (the key tile's, owned by the task) and the chunk's own partial
+  // dQ. The chunk count depends only on the shapes, and the partials are summed in chunk order, so the
+  // result does not depend on the thread count.
+  const int64_t chunks = backward_key_chunks(slices, k_tiles), tiles_per_chunk = (k_tiles + chunks - 1) / chunks;
+  const auto dq_part = std::make_unique_for_overwrite<acc[]>(slices * chunks * lq_pad * dp);  // zeroed by its task
+  auto dq_chunk = [&](int64_t sl, int64_t c) { return dq_part.get() + (sl * chunks + c) * lq_pad * dp; };
+  at::parallel_for(0, slices * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc> s(kBlockQ * kBlockK), dpb(kBlockQ * kBlockK), dk(kBlockK * dp), dv(kBlockK * dp);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t sl = task / k_tiles, k0 = (task % k_tiles) * kBlockK;
-      const int64_t cols = std::min(kBlockK, g.kv_len - k0);
-      std::fill(dk.begin(), dk.end(), acc(0));
-      std::fill(dv.begin(), dv.end(), acc(0));
-      for (int64_t q0 = 0; q0 < lq_pad; q0 += kBlockQ) {
-        const acc* q = q_rows.tile(sl, q0);
-        const acc* dout = do_rows.tile(sl, q0);
-        score_grads(q, dout, k_panels.tile(sl, k0), v_panels.tile(sl, k0), lse.data() + sl * lq_pad + q0,
-                    dsum.data() + sl * lq_pad + q0, cols, dp, scale, s.data(), dpb.data());
-        // dV += P^T dO and dK += dS^T Q: A is the transposed tile (rows = keys: stride 1, columns kBlockK).
-        gemm<acc>(kBlockK, dp, kBlockQ, s.data(), 1, kBlockK, dout, dp, kNr, dv.data(), dp, true);
-        gemm<acc>(kBlockK, dp, kBlockQ, dpb.data(), 1, kBlockK, q, dp, kNr, dk.data(), dp, true);
+      const int64_t sl = task / chunks, c = task % chunks;
+      acc* dq = dq_chunk(sl, c);
+      std::fill(dq, dq + lq_pad * dp, acc(0));
+      for (int64_t kt = c * tiles_per_chunk; kt < std::min(k_tiles, (c + 1) * tiles_per_chunk); ++kt) {
+        const int64_t k0 = kt * kBlockK, cols = std::min(kBlockK, g.kv_len - k0);
+        std::fill(dk.begin(), dk.end(), acc(0));
+        std::fill(dv.begin(), dv.end(), acc(0));
+        for (int64_t q0 = 0; q0 < lq_pad; q0 += kBlockQ) {
+          const acc* q = q_rows.tile(sl, q0);
+          const acc* dout = do_rows.tile(sl, q0);
+          score_grads(q, dout, k_panels.tile(sl, k0), v_panels.tile(sl, k0), lse.data() + sl * lq_pad + q0,
+                      dsum.data() + sl * lq_pad + q0, cols, dp, scale, s.data(), dpb.data());
+          // dV += P^T dO and dK += dS^T Q: A is the transposed tile (rows = keys: stride 1, columns kBlockK).
+          gemm<acc>(kBlockK, dp, kBlockQ, s.data(), 1, kBlockK, dout, dp, kNr, dv.data(), dp, true);
+          gemm<acc>(kBlockK, dp, kBlockQ, dpb.data(), 1, kBlockK, q, dp, kNr, dk.data(), dp, true);
+          gemm<acc>(kBlockQ, dp, kBlockK, dpb.data(), kBlockK, 1, k_rows.tile(sl, k0), dp, kNr, dq + q0 * dp, dp, true);
+        }
+        store(dk, scale, p.dk, g.kv_len, sl, k0, cols);
+        store(dv, acc(1), p.dv, g.kv_len, sl, k0, cols);
       }
-      store(dk, scale, p.dk, g.kv_len, sl, k0, cols);
-      store(dv, acc(1), p.dv, g.kv_len, sl, k0, cols);
     }
   });
-  // dQ: one task per (slice, query tile), key tiles in order.
+  // dQ = scale * (the chunks' partials summed in chunk order), per (slice, query tile).
   at::parallel_for(0, slices * q_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc> s(kBlockQ * kBlockK), dpb(kBlockQ * kBlockK), dq(kBlockQ * dp);
+    std::vector<acc> dq(kBlockQ * dp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t sl = task / q_tiles, q0 = (task % q_tiles) * kBlockQ;
-      std::fill(dq.begin(), dq.end(), acc(0));
-      for (int64_t k0 = 0; k0 < g.kv_len; k0 += kBlockK) {
-        score_grads(q_rows.tile(sl, q0), do_rows.tile(sl, q0), k_panels.tile(sl, k0), v_panels.tile(sl, k0),
-                    lse.data() + sl * lq_pad + q0, dsum.data() + sl * lq_pad + q0, std::min(kBlockK, g.kv_len - k0),
-                    dp, scale, s.data(), dpb.data());
-        gemm<acc>(kBlockQ, dp, kBlockK, dpb.data(), kBlockK, 1, k_rows.tile(sl, k0), dp, kNr, dq.data(), dp, true);
+      std::copy_n(dq_chunk(sl, 0) + q0 * dp, kBlockQ * dp, dq.data());
+      for (int64_t c = 1; c < chunks; ++c) {
+        const acc* part = dq_chunk(sl, c) + q0 * dp;
+#pragma omp simd
+        for (int64_t e = 0; e < kBlockQ * dp; ++e) dq[e] += part[e];
       }
       store(dq, scale, p.dq, g.q_len, sl, q0, std::min(kBlockQ, g.q_len - q0));
     }

@@ -125,6 +125,7 @@ def test_gradcheck_fp64_through_the_kernel():
 
 
 def test_same_bits_with_one_and_two_threads():
+    # 2 slices and 3 key tiles: the backward splits the keys into 3 chunks whose dQ partials it sums.
     q, k, v = make_qkv((1, 300, 200, 2, 64), torch.float32)
     out, lse = torch.ops.cosmos_engine.attention_fwd(q, k, v)
     grad_out = torch.randn_like(out)
@@ -144,6 +145,13 @@ def test_reference_backend_is_the_explicit_softmax():
         via_reference = ops.attention(q, k, v)
     torch.testing.assert_close(via_reference, reference.attention(q, k, v), atol=0, rtol=0)
     torch.testing.assert_close(ours(q, k, v), via_reference, atol=1e-6, rtol=1e-5)
+
+
+def test_sdpa_on_cpu_runs_torch_sdpa_instead_of_the_kernel():
+    q, k, v = make_qkv((1, 30, 20, 2, 32), torch.float32)
+    with importlib.import_module("cosmos_engine.ops.attention").sdpa_on_cpu():
+        got = ops.attention(q, k, v)
+    torch.testing.assert_close(got, sdpa(q, k, v), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(

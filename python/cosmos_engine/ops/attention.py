@@ -16,13 +16,16 @@ selective activation checkpointing save (out, lse) instead of recomputing attent
   either way. No GPU was available while this was written: the CUDA path has never run on one (its
   torch-op pieces are tested on the CPU).
 * `force_backend("reference")`: the explicit-softmax reference (ops/reference.py).
+* `sdpa_on_cpu()`: torch SDPA instead of our CPU kernel inside the block (benchmarks compare the two).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,7 @@ _SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBac
                   SDPBackend.MATH]
 _FA4_HEAD_DIMS = (64, 96, 128)  # what flash-attn-4's forward and backward both instantiate
 _LSE_CHUNK_ELEMENTS = 2**26     # scores per chunk when the SDPA path computes lse
+_sdpa_on_cpu = False            # a plain module global (torch.compile reads it while tracing)
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -193,9 +197,22 @@ def backend_name(device: torch.device, dtype: torch.dtype = torch.bfloat16, head
         if cuda_choice(device, dtype, head_dim) == "flash_attn_4":
             return "cosmos_engine::attention_fwd -> flash_attn_4"
         return "sdpa (cudnn > flash > efficient > math)"
+    if device.type == "cpu" and _sdpa_on_cpu:
+        return "sdpa (sdpa_on_cpu)"
     if device.type == "cpu" and not cpu_kernel_supports(head_dim):
         return f"reference (head_dim {head_dim} is not a multiple of 8 up to 256)"
     return f"cosmos_engine::attention_fwd -> CPU kernel ({_library.build_info().get('attention_cpu_isa', '?')})"
+
+
+@contextlib.contextmanager
+def sdpa_on_cpu() -> Iterator[None]:
+    """Run torch SDPA instead of our CPU kernel for CPU inputs inside the block."""
+    global _sdpa_on_cpu
+    previous, _sdpa_on_cpu = _sdpa_on_cpu, True
+    try:
+        yield
+    finally:
+        _sdpa_on_cpu = previous
 
 
 @functools.cache
@@ -214,7 +231,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         _log_choice(q.device, q.dtype, q.shape[-1])
     if forced == "reference" or (q.device.type == "cpu" and not cpu_kernel_supports(q.shape[-1])):
         return reference.attention(q, k, v)
-    if not _library.is_loaded() or (q.device.type == "cuda" and cuda_choice(q.device, q.dtype, q.shape[-1]) == "sdpa"):
+    if (not _library.is_loaded() or (q.device.type == "cpu" and _sdpa_on_cpu)
+            or (q.device.type == "cuda" and cuda_choice(q.device, q.dtype, q.shape[-1]) == "sdpa")):
         return _sdpa(q, k, v)
     out, _lse = torch.ops.cosmos_engine.attention_fwd(q, k, v)
     return out
