@@ -57,14 +57,14 @@ def dataset_dir(tmp_path: Path) -> Path:
     return out
 
 
-def windows_of(dataset_dir: Path) -> VideoWindowDataset:
-    return VideoWindowDataset(load_records(dataset_dir), N, H, W, PyAVDecoder())
+def windows_of(dataset_dir: Path, decoder=None) -> VideoWindowDataset:
+    return VideoWindowDataset(load_records(dataset_dir), N, H, W, decoder or PyAVDecoder())
 
 
-def build(dataset_dir: Path, vae=None, text=None, **windows):
-    vae, text = vae or CountingVAE(), text or CountingTextEncoder()
-    stats = LatentCache(dataset_dir).build(windows_of(dataset_dir), vae, text, **(windows or WINDOWS))
-    return stats, vae, text
+def build(dataset_dir: Path, vae=None, decoder=None, **windows):
+    vae = vae or CountingVAE()
+    stats = LatentCache(dataset_dir).build(windows_of(dataset_dir, decoder), vae, **(windows or WINDOWS))
+    return stats, vae
 
 
 def test_window_starts_span_the_valid_range_at_most_stride_apart_within_the_budget():
@@ -132,8 +132,8 @@ def test_a_build_killed_half_way_resumes_without_encoding_finished_windows_again
     assert len(written) == 4
     stamps = {p: p.stat().st_mtime_ns for p in written}
     with caplog.at_level(logging.INFO):
-        stats, vae, text = build(dataset_dir)
-    assert (vae.calls, stats.latents_encoded, text.calls) == (5, 5, 0)  # the caption was cached before the kill
+        stats, vae = build(dataset_dir)
+    assert (vae.calls, stats.latents_encoded, stats.hits) == (5, 5, 4)
     assert "9 windows (window_stride 8, at most 100 per video)" in caplog.text
     assert "5 to encode" in caplog.text and "4 already cached" in caplog.text
     assert "the first window took" in caplog.text and "the other 4 windows" in caplog.text
@@ -148,7 +148,7 @@ def test_the_planned_and_reported_window_count_and_disk_size_are_what_is_written
     prepare_synthetic(long, count=2, seed=2, frames=29, height=H, width=W)
     windows, cache, vae = windows_of(long), LatentCache(long), CountingVAE()
     plan, todo, _ = cache.plan(windows, vae, window_stride=3, max_cached_windows=10)
-    stats = cache.build(windows, vae, CountingTextEncoder(), window_stride=3, max_cached_windows=10)
+    stats = cache.build(windows, vae, window_stride=3, max_cached_windows=10)
     files = sorted((long / "cache" / "latents").rglob("*.safetensors"))
     assert plan.videos == 2 and plan.windows == plan.to_encode == len(todo) == stats.windows == len(files) == 2 * 8
     assert plan.bytes == plan.bytes_to_write == stats.window_bytes == sum(f.stat().st_size for f in files)
@@ -163,15 +163,15 @@ def test_the_planned_and_reported_window_count_and_disk_size_are_what_is_written
 def test_the_planned_entry_size_is_the_written_file_size_whatever_the_header_padding(dataset_dir):
     # The header is padded to 8 bytes: identities of 8 consecutive lengths put a one-digit-longer start on
     # both sides of a padding boundary.
-    cache, sizes = LatentCache(dataset_dir), set()
+    cache, sizes = LatentCache(dataset_dir), {}
     for extra in range(8):
         size = cache_module._EntrySize((3, 3, 4, 6), torch.float32)
         for start in (9, 10, 99, 100, 123456):
-            key = LatentKey("0" * 64, start, N, H, W, "stand-in-vae/v1" + "x" * extra)
+            key = LatentKey("0" * 64, start, N, H, W, "stand-in-vae/v1" + "x" * extra, PyAVDecoder.identity)
             cache.store(key, torch.ones(3, 3, 4, 6))
-            sizes.add(cache.path(key).stat().st_size)
-            assert size(key) == cache.path(key).stat().st_size, (extra, start)
-    assert len(sizes) > 2
+            sizes[extra, start] = cache.path(key).stat().st_size
+            assert size(key) == sizes[extra, start], (extra, start)
+    assert any(sizes[extra, 9] != sizes[extra, 10] for extra in range(8))  # a boundary between 9 and 10
 
 
 def test_editing_a_video_invalidates_exactly_its_entries(dataset_dir):
@@ -216,8 +216,8 @@ def test_folder_entries_are_recomputed_with_a_warning(dataset_dir, caplog):
     folder.unlink()
     (folder / "inside").mkdir(parents=True)
     with caplog.at_level(logging.WARNING):
-        stats, vae, text = build(dataset_dir)
-    assert (vae.calls, text.calls, stats.corrupt) == (1, 0, 1)
+        stats, vae = build(dataset_dir)
+    assert (vae.calls, stats.corrupt, stats.hits) == (1, 1, 8)
     assert f"{folder} is a folder, not a file" in caplog.text
     assert folder.is_file() and build(dataset_dir)[0].hits == 9
 
@@ -233,28 +233,31 @@ def poison(path: Path, value: float) -> None:
 def test_a_build_reads_headers_only_and_a_poisoned_entry_is_refused_on_read_deleted_and_rebuilt(dataset_dir,
                                                                                                   monkeypatch):
     build(dataset_dir)
-    nan_latent = sorted((dataset_dir / "cache" / "latents").rglob("*.safetensors"))[0]
-    inf_text = sorted((dataset_dir / "cache" / "text").rglob("*.safetensors"))[0]
+    files = sorted((dataset_dir / "cache" / "latents").rglob("*.safetensors"))
+    nan_latent, inf_latent = files[0], files[-1]  # of different videos
     poison(nan_latent, float("nan"))
-    poison(inf_text, float("inf"))
+    poison(inf_latent, float("inf"))
     checked = []
     monkeypatch.setattr(cache_module, "_non_finite", lambda t: checked.append(t.numel()) or 0)
-    stats, vae, text = build(dataset_dir)  # the cached build: no entry's values are read
-    assert (vae.calls, text.calls, stats.hits, checked) == (0, 0, 11, [])
+    stats, vae = build(dataset_dir)  # the cached build: no entry's values are read
+    assert (vae.calls, stats.hits, stats.corrupt, checked) == (0, 9, 0, [])
     monkeypatch.undo()
 
     windows, cache = windows_of(dataset_dir), LatentCache(dataset_dir)
     cached = CachedWindowDataset(cache, windows, vae.identity, **WINDOWS)
-    video = next(i for i, r in enumerate(windows.records) if r.sha256 == nan_latent.parent.name)
-    with pytest.raises(DatasetError, match=f"{nan_latent}: cache entry poisoned: 3 of its .* values are NaN or Inf "
-                                           r"\(deleted\); build the cache again"):
-        cached[(video, int(nan_latent.name[5:11]))]
-    with pytest.raises(DatasetError, match=f"{inf_text}: cache entry poisoned: 3 of its"):
-        cache.text_embeddings([r.prompt for r in windows.records], text.identity)
-    assert not nan_latent.exists() and not inf_text.exists()
-    stats, vae, text = build(dataset_dir)
-    assert (vae.calls, text.calls, stats.corrupt) == (1, 1, 0)
-    assert torch.isfinite(cached[(video, int(nan_latent.name[5:11]))]["latent"]).all()
+
+    def window_of(entry: Path) -> tuple[int, int]:
+        return next(i for i, r in enumerate(windows.records) if r.sha256 == entry.parent.name), int(entry.name[5:11])
+
+    for entry in (nan_latent, inf_latent):
+        with pytest.raises(DatasetError, match=f"{entry}: cache entry poisoned: 3 of its 216 values are NaN or Inf "
+                                               r"\(deleted\); build the cache again"):
+            cached[window_of(entry)]
+        assert not entry.exists()
+    stats, vae = build(dataset_dir)
+    assert (vae.calls, stats.latents_encoded, stats.hits, stats.corrupt) == (2, 2, 7, 0)
+    for entry in (nan_latent, inf_latent):
+        assert torch.isfinite(cached[window_of(entry)]["latent"]).all()
 
 
 def test_an_encoder_producing_nan_is_named_and_nothing_is_cached(dataset_dir):
