@@ -32,7 +32,7 @@ def test_build_info_is_truthful():
 
 
 def test_import_under_another_torch_fails_clearly():
-    code = "import torch; torch.__version__ = '0.0.1+other'; import cosmos_engine"
+    code = "import torch; torch.__version__ = '0.0.1+other'; import cosmos_engine.ops"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert f"was built against torch {torch.__version__} but torch 0.0.1+other is running" in result.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from cosmos_engine.plan.plan import Plan, check_arguments, make_plan, read_cache_state
 from cosmos_engine.plan.rates import DEVICE_NAMES, GPU_NAMES
@@ -33,7 +32,7 @@ def local_device_name() -> tuple[str, int]:
 
 def announce(recipe, job: str) -> Plan | None:
     """For `run` and `infer`: print the plan's one-line summary for this process's device and world size
-    (stderr), and warn when the device has less memory than the plan predicts. Never raises: a plan that
+    (the log), and warn when the device has less memory than the plan predicts. Never raises: a plan that
     cannot be made is a warning, not a reason to stop the run."""
     import os
 
@@ -46,7 +45,7 @@ def announce(recipe, job: str) -> Plan | None:
     except Exception as exc:  # noqa: BLE001 - the plan is advice; the run goes on without it
         log.warning("no plan for this run: %s", exc)
         return None
-    print(plan.summary(), file=sys.stderr, flush=True)
+    log.info("%s", plan.summary())
     peak = plan.host_bytes if name == "cpu" else plan.peak_bytes
     if memory < peak:
         log.warning("this device has %.1f GiB but the plan predicts a peak of %.1f GiB per rank; see "

@@ -202,7 +202,8 @@ def read_cache_state(recipe: Recipe) -> dict:
     root = dataset / "cache"
     windows = cached = 0
     for record in records:
-        starts = window_starts(record.frames, data.num_frames) if record.frames >= data.num_frames else []
+        fits = record.frames >= data.num_frames
+        starts = window_starts(record.frames, data.num_frames, data.window_stride, data.max_cached_windows) if fits else []
         windows += len(starts)
         folder = root / "latents" / record.sha256
         for start in starts:
