@@ -5,8 +5,8 @@ case and bad arguments."""
 from __future__ import annotations
 
 import ctypes
-import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,14 +24,23 @@ from tests.train.runs import CLI, REPO, env_for, make_dataset, run_folder
 RSS_TOLERANCE = 0.15
 
 
+# ru_maxrss survives exec: a child forked straight from this (large) pytest process reports at least the
+# parent's resident size at fork. A small launcher process forks the measured command instead.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+_, status, usage = os.wait4(proc.pid, 0)
+sys.stderr.write(proc.stderr.read().decode()[-3000:])
+print(usage.ru_maxrss * 1024)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def child_peak_rss(cmd: list[str], env: dict) -> int:
-    """Run `cmd` and return its own peak RSS in bytes (wait4's rusage is the child's alone)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stderr = proc.stderr.read().decode()
-    proc.stderr.close()
-    assert os.waitstatus_to_exitcode(status) == 0, stderr[-3000:]
-    return usage.ru_maxrss * 1024
+    """Run `cmd` and return its own peak RSS in bytes, measured by a small launcher (see _LAUNCHER)."""
+    result = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module", autouse=True)
