@@ -5,6 +5,7 @@ Run by cmake/torch.cmake with the interpreter that will import the package.
 """
 
 import glob
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -12,6 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
+
+from packaging.requirements import Requirement
 
 import torch
 
@@ -29,17 +32,37 @@ def cmake_set(name: str, value) -> None:
 
 
 def nvidia_wheel_dirs() -> tuple[list[str], list[str]]:
-    """Include and lib folders of the nvidia-* wheels torch's CUDA build pulls in (cu13 or per-package)."""
+    """Include and lib folders of the nvidia-* wheels torch's CUDA build requires (cu13 or per-package).
+
+    Only torch's own requirements: other nvidia wheels (DALI's, installed after the editable build) would
+    change every compile line, and with it rebuild everything when the wheel is built later."""
     spec = importlib.util.find_spec("nvidia")
     if spec is None or not spec.submodule_search_locations:
         return [], []
+    wanted: set[str] = set()  # nvidia/<sub> folders of torch's requirements, followed with their extras
+    todo, seen = [("torch", frozenset())], set()
+    while todo:
+        dist, extras = todo.pop()
+        if (dist, extras) in seen:
+            continue
+        seen.add((dist, extras))
+        try:
+            files, requires = importlib.metadata.files(dist) or [], importlib.metadata.requires(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # a requirement this platform does not install
+        wanted |= {f.parts[1] for f in files if len(f.parts) > 2 and f.parts[0] == "nvidia"}
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras or {""}):
+                if req.name.startswith(("nvidia-", "cuda-")):
+                    todo.append((req.name, frozenset(req.extras)))
     includes, libs = [], []
     for root in spec.submodule_search_locations:
-        for sub in sorted(glob.glob(os.path.join(root, "*"))):
-            if os.path.isdir(os.path.join(sub, "include")):
-                includes.append(os.path.join(sub, "include"))
-            if os.path.isdir(os.path.join(sub, "lib")):
-                libs.append(os.path.join(sub, "lib"))
+        for sub in sorted(wanted):
+            if os.path.isdir(os.path.join(root, sub, "include")):
+                includes.append(os.path.join(root, sub, "include"))
+            if os.path.isdir(os.path.join(root, sub, "lib")):
+                libs.append(os.path.join(root, sub, "lib"))
     return includes, libs
 
 

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cosmos_engine.data import cache as cache_module
+from cosmos_engine.data import entries as entries_module
 from cosmos_engine.data.cache import CachedWindowDataset, LatentCache, LatentKey, window_starts
 from cosmos_engine.data.dataset import VideoWindowDataset, WindowSampler, build_loader, load_records
 from cosmos_engine.data.decode_pyav import PyAVDecoder
@@ -238,7 +239,7 @@ def test_a_build_reads_headers_only_and_a_poisoned_entry_is_refused_on_read_dele
     poison(nan_latent, float("nan"))
     poison(inf_latent, float("inf"))
     checked = []
-    monkeypatch.setattr(cache_module, "_non_finite", lambda t: checked.append(t.numel()) or 0)
+    monkeypatch.setattr(entries_module, "non_finite", lambda t: checked.append(t.numel()) or 0)
     stats, vae = build(dataset_dir)  # the cached build: no entry's values are read
     assert (vae.calls, stats.hits, stats.corrupt, checked) == (0, 9, 0, [])
     monkeypatch.undo()
@@ -296,3 +297,19 @@ def test_a_build_removes_temporaries_of_killed_writers(dataset_dir):
     live.write_bytes(b"being written")
     build(dataset_dir)
     assert not stale.exists() and live.exists()
+
+
+def test_the_encode_time_is_stated_before_the_first_window_and_only_when_windows_are_missing(dataset_dir, caplog):
+    vae, asked = CountingVAE(), []
+
+    def estimate():
+        asked.append(vae.calls)  # how many windows were encoded when the estimate was made
+        return 40.0, "by the test"
+
+    cache, windows = LatentCache(dataset_dir), windows_of(dataset_dir)
+    with caplog.at_level(logging.INFO):
+        cache.build(windows, vae, estimate=estimate, **WINDOWS)
+    assert asked == [0] and vae.calls == 9
+    assert "about 6 minutes to encode the 9 windows of this rank (by the test)" in caplog.text
+    cache.build(windows, vae, estimate=estimate, **WINDOWS)  # all cached: nothing to estimate
+    assert asked == [0]

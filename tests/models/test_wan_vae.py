@@ -328,3 +328,29 @@ def test_bad_latents_are_rejected_with_their_shape(vae):
         vae.decode(torch.zeros(1, 8, 2, 2, 2))
     with pytest.raises(TypeError, match="'video' must be a floating-point"):
         vae.encode(torch.zeros(1, 3, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_vae_dtype_rule_fp32_on_cpu_bf16_on_gpu():
+    from cosmos_engine.config.schema import ModelConfig
+    from cosmos_engine.data.encoders import build_vae
+    from cosmos_engine.models.flavors import vae_dtype
+
+    assert vae_dtype("auto", "cuda") == torch.bfloat16 and vae_dtype("auto", "cpu") == torch.float32
+    assert vae_dtype("bfloat16", "cpu") == torch.bfloat16 and vae_dtype("float32", "cuda") == torch.float32
+    # A bf16 DiT on the CPU still gets an fp32 VAE unless the recipe says otherwise.
+    cpu = torch.device("cpu")
+    assert build_vae(ModelConfig(flavor="tiny", dtype="bfloat16"), cpu).dtype == torch.float32
+    assert build_vae(ModelConfig(flavor="tiny", vae_dtype="bfloat16"), cpu).dtype == torch.bfloat16
+
+
+def test_encode_flops_is_what_the_flop_counter_counts_on_a_whole_encode():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cosmos_engine.models.wan_vae import encode_flops
+
+    config = VAEConfig(dim=4, temporal_window=8)
+    vae = random_vae(dim=4, temporal_window=8)
+    for frames, h, w in ((1, 16, 24), (13, 24, 40)):
+        with ops.force_backend("reference"), FlopCounterMode(display=False) as counter:
+            vae.encode(torch.randn(1, 3, frames, h, w))
+        assert encode_flops(config, frames, h, w) == counter.get_total_flops() > 0

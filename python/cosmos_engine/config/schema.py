@@ -48,6 +48,8 @@ class ModelConfig:
         "selective", doc='"none", "full" (recompute each block) or "selective" (keep attention outputs, recompute the rest).')
     vae_path: str = spec("", doc="Wan2.1 VAE weights (.pth); empty = random init (tiny recipes only).", path=True)
     vae_tiled: bool = spec(False, doc="Encode/decode the VAE in overlapping spatial tiles to bound memory.")
+    vae_dtype: Literal["auto", "bfloat16", "float32"] = spec(
+        "auto", doc='Compute dtype of the VAE: "auto" = bfloat16 on a GPU (as the official tokenizer runs) and float32 on the CPU (bf16 convolutions are slow there), or either dtype.')
     text_encoder_path: str = spec("", doc="Local folder of the Reason1 (Qwen2.5-VL) text encoder; empty = tiny random encoder.", path=True)
 
 

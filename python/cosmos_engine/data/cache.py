@@ -48,13 +48,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save, save_file
+from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cosmos_engine.data.dataset import VideoRecord, VideoWindowDataset
-from cosmos_engine.atomic import atomic_path, remove_stale_temporaries
+from cosmos_engine.data.entries import non_finite, read_entry, write_entry
+from cosmos_engine.atomic import remove_stale_temporaries
 from cosmos_engine.data.video_io import to_unit_range
 from cosmos_engine.errors import DatasetError
 
@@ -175,30 +175,8 @@ class LatentCache:
         return self.root / key.relpath()
 
     def _read(self, key: LatentKey, *, values: bool) -> tuple[torch.Tensor | None, str | None]:
-        """Whether the entry for `key` is a file written for exactly this key, from its header alone, and
-        with `values` also (the tensor, None) when its values are finite. (None, why not) otherwise:
-        "missing", or a reason to warn about."""
-        path = self.path(key)
-        if not path.exists():
-            return None, "missing"
-        if not path.is_file():
-            return None, "a folder, not a file"
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata, names = f.metadata(), list(f.keys())
-                if metadata != key.metadata():
-                    return None, f"written for another key ({metadata})"
-                if names != ["tensor"]:
-                    return None, f"holds tensors {names}, expected one named 'tensor'"
-                if not values:
-                    return None, None
-                tensor = f.get_tensor("tensor")
-        except (SafetensorError, OSError) as exc:
-            return None, f"unreadable ({exc})"
-        bad = _non_finite(tensor)
-        if bad:
-            return None, f"poisoned: {bad} of its {tensor.numel()} values are NaN or Inf"
-        return tensor, None
+        """`data.entries.read_entry` for `key`'s entry."""
+        return read_entry(self.path(key), key.metadata(), values=values)
 
     def load(self, key: LatentKey) -> torch.Tensor:
         """The cached tensor; DatasetError when the entry is missing or unusable. An unusable entry is
@@ -217,14 +195,11 @@ class LatentCache:
     def store(self, key: LatentKey, tensor: torch.Tensor) -> None:
         """Write the entry atomically, after checking its values: the one time they are checked on the
         build's side."""
-        bad = _non_finite(tensor)
+        bad = non_finite(tensor)
         if bad:
             raise DatasetError(f"{self.path(key)}: the encoder produced {bad} NaN or Inf values of "
                                f"{tensor.numel()} for {key.metadata()}; nothing was cached for it")
-        if self.path(key).is_dir():  # a folder in the entry's place would make the rename below fail
-            shutil.rmtree(self.path(key))
-        with atomic_path(self.path(key)) as tmp:
-            save_file({"tensor": tensor.detach().contiguous().cpu()}, str(tmp), metadata=key.metadata())
+        write_entry(self.path(key), tensor, key.metadata())
 
     def latent_key(self, record: VideoRecord, start: int, dataset: VideoWindowDataset, vae_identity: str) -> LatentKey:
         return LatentKey(record.sha256, start, dataset.num_frames, dataset.height, dataset.width, vae_identity,
@@ -249,11 +224,13 @@ class LatentCache:
 
     def build(self, dataset: VideoWindowDataset, vae: VideoEncoder, *, window_stride: int, max_cached_windows: int,
               device: torch.device | str = "cpu", num_workers: int = 0, rank: int = 0,
-              world_size: int = 1, worker_init_fn: Callable[[int], None] | None = None) -> BuildStats:
+              world_size: int = 1, worker_init_fn: Callable[[int], None] | None = None,
+              estimate: Callable[[], tuple[float, str]] | None = None) -> BuildStats:
         """Encode every missing or unreadable entry of `dataset`'s cached windows (`window_starts`).
 
-        Logs the plan first (windows, disk size, how many to encode) and, after the first window, the time
-        the rest will take at that window's pace. With several ranks each checks and encodes every
+        Logs the plan first (windows, disk size, how many to encode, and when there are some and `estimate`
+        gives (seconds per window, how estimated), the time they will take) and, after the first window, the
+        time the rest will take at that window's pace. With several ranks each checks and encodes every
         world_size-th window; the caller must wait for all ranks (a barrier) before training reads the
         cache. A CPU decoder runs in `num_workers` DataLoader workers while the VAE encodes, under
         `torch.inference_mode`. Latents are stored in the encoder's dtype.
@@ -263,6 +240,10 @@ class LatentCache:
         if rank == 0:
             share = f" (rank 0 of {world_size} encodes every {world_size}th window)" if world_size > 1 else ""
             log.info("latent cache %s: %s%s", self.root, plan.describe(), share)
+            if plan.to_encode and estimate is not None:
+                seconds, how = estimate()
+                log.info("latent cache: about %s to encode the %d windows of this rank (%s)",
+                         human_duration(seconds * plan.to_encode), plan.to_encode, how)
             stats.pruned = self._prune({record.sha256 for record in dataset.records})
             self._remove_leftovers()
 
@@ -318,10 +299,6 @@ class LatentCache:
         for directory in stale:
             shutil.rmtree(directory)
         return len(stale)
-
-
-def _non_finite(tensor: torch.Tensor) -> int:
-    return tensor.numel() - int(torch.isfinite(tensor).sum())
 
 
 class _EntrySize:

@@ -17,13 +17,13 @@ import torch
 
 from cosmos_engine.config.schema import ModelConfig
 from cosmos_engine.errors import RecipeError
-from cosmos_engine.models.flavors import parameter_dtype, vae_config
+from cosmos_engine.models.flavors import parameter_dtype, vae_config, vae_dtype
 from cosmos_engine.models.text_encoder import TextEncoder, encoder_identity, tiny_encoder
 from cosmos_engine.models.wan_vae import WanVAE, load_vae
 
 
 def build_vae(model_cfg: ModelConfig, device: torch.device) -> WanVAE:
-    dtype = parameter_dtype(model_cfg.dtype)
+    dtype = vae_dtype(model_cfg.vae_dtype, torch.device(device).type)
     if model_cfg.vae_path:
         return load_vae(Path(model_cfg.vae_path).absolute(), vae_config(model_cfg.flavor), device=device, dtype=dtype)
     if model_cfg.flavor != "tiny":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,9 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from cosmos_engine.atomic import atomic_path, remove_stale_temporaries
+from cosmos_engine.atomic import remove_stale_temporaries
+from cosmos_engine.data.entries import read_entry, write_entry
 from cosmos_engine.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -96,34 +94,10 @@ class TextEmbeddingStore:
         return tensor
 
     def _read(self, prompt: str, values: bool) -> tuple[torch.Tensor | None, str | None]:
-        """(the tensor when `values`, None) for a usable entry, else (None, why not); one open of the file."""
-        path = self.path(prompt)
-        if not path.exists():
-            return None, "missing"
-        if not path.is_file():
-            return None, "a folder, not a file"
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata, names = f.metadata(), list(f.keys())
-                if metadata != self.metadata(prompt):
-                    return None, f"written for another key ({metadata})"
-                if names != ["tensor"]:
-                    return None, f"holds tensors {names}, expected one named 'tensor'"
-                tensor = f.get_tensor("tensor") if values else None
-        except (SafetensorError, OSError) as exc:
-            return None, f"unreadable ({exc})"
-        if tensor is not None:
-            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
-            if bad:
-                return None, f"poisoned: {bad} of its {tensor.numel()} values are NaN or Inf"
-        return tensor, None
+        return read_entry(self.path(prompt), self.metadata(prompt), values=values)
 
     def store(self, prompt: str, embedding: torch.Tensor) -> None:
-        path = self.path(prompt)
-        if path.is_dir():  # a folder in the entry's place would make the rename fail
-            shutil.rmtree(path)
-        with atomic_path(path) as tmp:
-            save_file({"tensor": embedding.detach().contiguous().cpu()}, str(tmp), metadata=self.metadata(prompt))
+        write_entry(self.path(prompt), embedding, self.metadata(prompt))
 
 
 class TextEmbeddings(Mapping):

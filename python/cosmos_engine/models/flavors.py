@@ -89,3 +89,11 @@ def vae_config(flavor: Flavor) -> VAEConfig:
 def parameter_dtype(name: str) -> torch.dtype:
     """The torch dtype of a recipe's `[model] dtype` ("bfloat16" or "float32")."""
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def vae_dtype(name: str, device_type: str) -> torch.dtype:
+    """The VAE's compute dtype for a recipe's `[model] vae_dtype` on a device type ("cuda", "cpu", ...):
+    "auto" is bfloat16 on a GPU, as the official tokenizer runs, and float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    return parameter_dtype(name)

@@ -669,6 +669,25 @@ class WanVAE(nn.Module):
             raise TypeError(f"WanVAE.decode: 'latent' must be a floating-point tensor, got {latent.dtype}")
 
 
+def encode_flops(config: VAEConfig, frames: int, height: int, width: int) -> float:
+    """FLOPs of encoding one [3, frames, height, width] video untiled, counted by torch's FlopCounterMode
+    (its convolutions and attention matmuls) on the meta device: the first frame and one more chunk are
+    run, and every further chunk costs what that one did (the causal encoder works frame by frame, with
+    the same cached context for every chunk after the first). Allocates nothing; about a second at 720p."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = WanVAE(config)
+
+    def count(t: int) -> int:
+        with _backend.force_backend("reference"), FlopCounterMode(display=False) as counter:
+            vae.encode(torch.empty(1, 3, t, height, width, device="meta"))
+        return counter.get_total_flops()
+
+    first, with_chunk = count(1), count(1 + config.temporal_factor)
+    return float(first + (frames - 1) // config.temporal_factor * (with_chunk - first))
+
+
 from cosmos_engine.ops.reference import acc_dtype as _accumulator  # noqa: E402 (blending sums in fp32, fp64 for fp64)
 
 

@@ -10,7 +10,7 @@ from cosmos_engine.plan.rates import DEVICE_NAMES, GPU_NAMES
 log = logging.getLogger(__name__)
 
 __all__ = ["DEVICE_NAMES", "GPU_NAMES", "Plan", "check_arguments", "make_plan", "read_cache_state", "announce",
-           "local_device_name"]
+           "local_device_name", "encode_seconds_per_window"]
 
 
 def local_device_name() -> tuple[str, int]:
@@ -28,6 +28,20 @@ def local_device_name() -> tuple[str, int]:
              ("A100" in name and props.total_memory > 50 * 2**30, "a100-80g"), ("A100" in name, "a100-40g"),
              ("L40S" in name, "l40s"), ("B200" in name, "b200"), ("4090" in name, "rtx4090"), ("5090" in name, "rtx5090")]
     return next((table for hit, table in known if hit), "h100-sxm"), props.total_memory
+
+
+def encode_seconds_per_window(flavor: str, frames: int, height: int, width: int, device_name: str) -> tuple[float, str]:
+    """(seconds, how they were estimated) for the VAE to encode one training window on `device_name`: the
+    encoder's FLOPs (`wan_vae.encode_flops`) at the device's GEMM rate, which convolutions reach at best, so
+    this is a lower bound (what the cache build states before it encodes anything)."""
+    from cosmos_engine.models.flavors import vae_config
+    from cosmos_engine.models.wan_vae import encode_flops
+    from cosmos_engine.plan.rates import device
+
+    flops = encode_flops(vae_config(flavor), frames, height, width)
+    rate = device(device_name).gemm
+    return flops / rate.value, (f"{flops / 1e12:.3g} TFLOP per window at {rate.value / 1e12:.3g} TFLOP/s, the "
+                                f"{device_name} GEMM rate ({rate.source}); a lower bound")
 
 
 def announce(recipe, job: str) -> Plan | None:

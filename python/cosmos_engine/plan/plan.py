@@ -161,6 +161,13 @@ def _dtype_bytes(name: str) -> int:
     return 2 if name == "bfloat16" else 4
 
 
+def _vae_bytes(m, dev: Device) -> int:
+    """Bytes per element of the VAE's weights and activations (`[model] vae_dtype` on this device)."""
+    from cosmos_engine.models.flavors import vae_dtype
+
+    return vae_dtype(m.vae_dtype, "cuda" if dev.is_gpu else "cpu").itemsize
+
+
 def _host_lines(dev: Device, device_peak: float, world_size: int) -> list[Line]:
     if not dev.is_gpu:
         return [Line("process baseline", mem.CPU_PROCESS_BASELINE, "measured: torch + cosmos_engine + transformers "
@@ -253,10 +260,11 @@ def _train(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
     step.append(Line("backward transient", B * mem.backward_transient_bytes(cfg, L, e), "gradients of the [L, H] pair"))
     step.append(Line("attention workspace", B * 2 * L * cfg.num_heads * 4, "flash-style: O(L) statistics"))
     vae_p = mem.vae_params(m.flavor)
-    vae_act = mem.vae_activation_bytes(m.flavor, data.height, data.width, model_bytes, m.vae_tiled)
+    vae_e = _vae_bytes(m, dev)
+    vae_act = mem.vae_activation_bytes(m.flavor, data.height, data.width, vae_e, m.vae_tiled)
     tiled = "tiled" if m.vae_tiled else "untiled"
     if data.cache == "off":
-        step += [Line("VAE weights (online encode)", vae_p * model_bytes, f"{vae_p / 1e6:.0f} M parameters"),
+        step += [Line("VAE weights (online encode)", vae_p * vae_e, f"{vae_p / 1e6:.0f} M parameters"),
                  Line(f"VAE encode activations ({tiled})", B * vae_act, "per window, inference mode")]
     phases = {"training step": step}
 
@@ -265,7 +273,7 @@ def _train(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
     missing_prompts = cache_state.get("prompts", 1) - cache_state.get("prompts_cached", 0)
     build: list[Line] = []
     if data.cache == "windows" and (missing_windows > 0 or not cache_state.get("readable", False)):
-        build += [Line("VAE weights", vae_p * model_bytes, f"{vae_p / 1e6:.0f} M parameters"),
+        build += [Line("VAE weights", vae_p * vae_e, f"{vae_p / 1e6:.0f} M parameters"),
                   Line(f"VAE encode activations ({tiled})", vae_act, "one window at a time")]
     if missing_prompts > 0:
         lines, _ = _text_encoder_lines(m, model_bytes, missing_prompts)
@@ -331,7 +339,8 @@ def _infer(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
     text_lines, _ = _text_encoder_lines(m, e, prompts)
     vae_p = mem.vae_params(m.flavor)
     weights = Line("DiT weights", sizes["state_bytes"], f"{sizes['params']:,} parameters x {e} B")
-    vae_w = Line("VAE weights", vae_p * e, f"{vae_p / 1e6:.0f} M parameters")
+    vae_e = _vae_bytes(m, dev)
+    vae_w = Line("VAE weights", vae_p * vae_e, f"{vae_p / 1e6:.0f} M parameters")
     embeddings = Line("text embeddings", prompts * N * cfg.text_in_channels * e, "prompt and negative prompt")
     latents = Line("UniPC state", 8 * 16 * thw[0] * thw[1] * thw[2] * 4, "noise, x0, model outputs (fp32)")
     sampling = [weights, vae_w, embeddings, latents,
@@ -341,12 +350,12 @@ def _infer(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
     tiled = inf.tiled_decode or m.vae_tiled
     decode = [weights, vae_w, latents,
               Line(f"VAE decode activations ({'tiled' if tiled else 'untiled'})",
-                   mem.vae_activation_bytes(m.flavor, inf.height, inf.width, e, tiled), "frame-chunked, causal cache"),
-              Line("decoded video", 3 * inf.num_frames * inf.height * inf.width * e * 2, "the output and its uint8 copy")]
+                   mem.vae_activation_bytes(m.flavor, inf.height, inf.width, vae_e, tiled), "frame-chunked, causal cache"),
+              Line("decoded video", 3 * inf.num_frames * inf.height * inf.width * vae_e * 2, "the output and its uint8 copy")]
     phases = {"text encoding": [*text_lines, embeddings], "sampling": sampling, "VAE decode": decode}
     if inf.num_conditional_frames:
         phases["condition encode"] = [vae_w, Line("VAE encode activations",
-                                                  mem.vae_activation_bytes(m.flavor, inf.height, inf.width, e, m.vae_tiled), "")]
+                                                  mem.vae_activation_bytes(m.flavor, inf.height, inf.width, vae_e, m.vae_tiled), "")]
     peak = max(sum(line.bytes for line in lines) for lines in phases.values())
     host = _host_lines(dev, peak, world)
     disk = [Line("output video", 3 * inf.num_frames * inf.height * inf.width // 50, "H.264 MP4, rough")]

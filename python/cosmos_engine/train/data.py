@@ -108,10 +108,18 @@ def fill_cache(model_cfg: ModelConfig, data_cfg: DataConfig, device: torch.devic
     vae = LatentEncoder(build_vae(model_cfg, device), model_cfg.vae_tiled)
     stats = BuildStats()
     if data_cfg.cache == "windows":
+        def estimate() -> tuple[float, str]:
+            from cosmos_engine.plan import encode_seconds_per_window, local_device_name
+
+            name = local_device_name()[0] if device.type == "cuda" else "cpu"
+            return encode_seconds_per_window(model_cfg.flavor, data_cfg.num_frames, data_cfg.height, data_cfg.width,
+                                             name)
+
         stats = LatentCache(dataset_dir).build(videos, vae, window_stride=data_cfg.window_stride,
                                                max_cached_windows=data_cfg.max_cached_windows, device=device,
                                                num_workers=data_cfg.num_workers, rank=rank,
-                                               world_size=world_size, worker_init_fn=ignore_stop_signals)
+                                               world_size=world_size, worker_init_fn=ignore_stop_signals,
+                                               estimate=estimate)
     return videos, vae, texts, stats, text_stats
 
 
