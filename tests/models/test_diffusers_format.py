@@ -118,6 +118,18 @@ def test_config_mismatch_names_the_key_and_both_values(tmp_path, net, key, value
         build_dit(TINY, tmp_path)
 
 
+def test_the_2b_flavor_is_diffusers_cosmos_2_5_predict_2b():
+    """diffusers' converter configuration 'Cosmos-2.5-Predict-Base-2B' (scripts/convert_cosmos_to_diffusers.py)."""
+    published = {"in_channels": 17, "out_channels": 16, "num_attention_heads": 16, "attention_head_dim": 128,
+                 "num_layers": 28, "mlp_ratio": 4.0, "text_embed_dim": 1024, "adaln_lora_dim": 256,
+                 "max_size": [128, 240, 240], "patch_size": [1, 2, 2], "rope_scale": [1.0, 3.0, 3.0],
+                 "concat_padding_mask": True, "extra_pos_embed_type": None, "use_crossattn_projection": True,
+                 "crossattn_proj_in_channels": 100352, "encoder_hidden_states_channels": 1024}
+    dfmt.check_config(published, dit_config("2b"), "config.json")
+    with pytest.raises(CheckpointError, match="num_attention_heads is 16, the DiT configuration needs 2"):
+        dfmt.check_config(published, TINY, "config.json")
+
+
 def test_missing_config_key_takes_the_diffusers_default(tmp_path, net):
     dfmt.save_diffusers(net.state_dict(), TINY, tmp_path)
     config = json.loads((tmp_path / dfmt.CONFIG_FILE).read_text())
