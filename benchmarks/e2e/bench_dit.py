@@ -5,7 +5,9 @@ AVX512-BF16, see BUILD_NOTES), and the point "long": the tiny net on 4 latent fr
 (14080 tokens, --long-grid), where attention dominates, fp32 and bf16. Paths: "kernel" (the default op
 dispatch: our compiled ops, our attention included), "reference" (`ops.force_backend("reference")`: the
 PyTorch reference ops) and, for "long", "kernel_sdpa" (our compiled ops with torch SDPA for attention,
-`ops.attention.sdpa_on_cpu()`), so its rows compare whole-DiT time with our attention vs SDPA.
+`ops.attention.sdpa_on_cpu()`), so its rows compare whole-DiT time with our attention vs SDPA, and, for
+"tiny" and "2b" in fp32 when diffusers is installed, "diffusers": diffusers' `CosmosTransformer3DModel` holding
+the same weights (renamed by `models.diffusers_format`) on the same inputs, a peer implementation.
 Shapes: 512 text tokens (the real count); video tokens per flavor (--tiny-grid, --2b-grid, in latent
 frames x patch rows x patch columns). At small video token counts the 100352 -> 1024 text projection and
 the cross-attention K/V projections of the 512 text tokens are a large part of the 2B cost.
@@ -19,13 +21,14 @@ repetitions because one forward+backward takes tens of seconds on a CPU. The 2B 
 weights and gradients) and is skipped, saying so, when MemAvailable after building is below 1.25x the weights.
 
     python benchmarks/e2e/bench_dit.py [--flavors tiny 2b long] [--tiny-grid 2 16 16] [--2b-grid 1 8 8] [--2b-reps 2]
-                                       [--long-grid 4 44 80] [--long-reps 2]
+                                       [--long-grid 4 44 80] [--long-reps 2] [--paths kernel reference diffusers ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,12 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.common import median, print_table, time_fn, write_result  # noqa: E402
 from cosmos_engine import ops  # noqa: E402
+from cosmos_engine.models import diffusers_format  # noqa: E402
 from cosmos_engine.models.cosmos_dit import CosmosDiT  # noqa: E402
 from cosmos_engine.ops.attention import sdpa_on_cpu  # noqa: E402
 from cosmos_engine.models.flavors import dit_config  # noqa: E402
 
 TEXT_TOKENS = 512
 GIB = 2**30
+PATHS = ("kernel", "reference", "kernel_sdpa", "diffusers")
 
 
 def proc_status_bytes(field: str) -> int:
@@ -108,6 +113,10 @@ def worker(spec: dict) -> dict:
     grid = tuple(spec["grid"])
     net = build(spec["flavor"], dtype)
     inputs = make_inputs(spec["flavor"], dtype, grid)
+    if spec["path"] == "diffusers":  # the same weights (shared, not copied) in diffusers' class
+        config = net.config
+        net = diffusers_format.diffusers_transformer(config, net.state_dict())
+        inputs = diffusers_format.diffusers_inputs(config, **inputs)
     weights_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     result = {**spec, "tokens": grid[0] * grid[1] * grid[2], "text_tokens": TEXT_TOKENS,
               "params": sum(p.numel() for p in net.parameters()), "weights_GB": weights_bytes / GIB,
@@ -119,7 +128,8 @@ def worker(spec: dict) -> dict:
             net(**inputs)
 
     def forward_backward():
-        net(**inputs).square().mean().backward()
+        out = net(**inputs)
+        (out[0] if isinstance(out, tuple) else out).square().mean().backward()
 
     def timed(fn):
         if "reps" not in spec:
@@ -127,7 +137,7 @@ def worker(spec: dict) -> dict:
         return few_times(fn, warmup=1, reps=spec["reps"])
 
     paths = {"kernel": contextlib.nullcontext, "reference": lambda: ops.force_backend("reference"),
-             "kernel_sdpa": sdpa_on_cpu}
+             "kernel_sdpa": sdpa_on_cpu, "diffusers": contextlib.nullcontext}
     with paths[spec["path"]]():
         result["fwd_times"] = timed(forward)
         result["fwd_s"] = median(result["fwd_times"])
@@ -154,6 +164,8 @@ def main() -> None:
     parser.add_argument("--long-grid", type=int, nargs=3, default=[4, 44, 80], metavar=("T", "H", "W"))
     parser.add_argument("--long-reps", type=int, default=2)
     parser.add_argument("--long-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
+                        help="run only these paths (diffusers: only when diffusers is installed)")
     parser.add_argument("--name", default="dit", help="result file: benchmarks/results/<date>_cpu_<name>.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,17 +173,21 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
+    peer = ["diffusers"] if importlib.util.find_spec("diffusers") else []
+    if not peer and "diffusers" in args.paths:
+        print("diffusers is not installed: its CosmosTransformer3DModel is not measured")
     specs = []
     if "tiny" in args.flavors:
         specs += [{"flavor": "tiny", "dtype": dtype, "path": path, "grid": args.tiny_grid, "backward": True}
-                  for dtype in ("float32", "bfloat16") for path in ("kernel", "reference")]
+                  for dtype in ("float32", "bfloat16") for path in ["kernel", "reference"] + peer * (dtype == "float32")]
     if "2b" in args.flavors:
         specs += [{"flavor": "2b", "dtype": "float32", "path": path, "grid": args.grid_2b, "reps": args.reps_2b,
-                   "backward": path == "kernel" or args.reference_backward_2b} for path in ("kernel", "reference")]
+                   "backward": path != "reference" or args.reference_backward_2b} for path in ["kernel", "reference"] + peer]
     if "long" in args.flavors:
         specs += [{"flavor": "tiny", "point": "long", "dtype": dtype, "path": path, "grid": args.long_grid,
                    "reps": args.long_reps, "backward": True}
                   for dtype in args.long_dtypes for path in ("kernel", "kernel_sdpa")]
+    specs = [spec for spec in specs if spec["path"] in args.paths]
     load_before = os.getloadavg()
     rows = []
     for spec in specs:

@@ -247,18 +247,36 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR|RECIPE.toml",
                    help="a DCP checkpoint: RUN/checkpoints/iter_XXXXXXXXX, its model/ folder, or a run or checkpoints "
                         "folder (its latest_checkpoint.txt picks the latest); or a recipe: the newest complete "
-                        "checkpoint of the run it trains, under the active output root")
+                        "checkpoint of the run it trains, under the active output root; with --to diffusers also an "
+                        "official .pt file")
     p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
-                   help="where model.pt, model_ema_fp32.pt and model_ema_bf16.pt go (default: the iter_XXXXXXXXX folder)")
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="write model.pt only (a run trained without EMA)")
+                   help="where model.pt, model_ema_fp32.pt and model_ema_bf16.pt go (default: the iter_XXXXXXXXX "
+                        "folder); with --to diffusers the transformer folder (default: iter_XXXXXXXXX/transformer)")
+    p.add_argument("--to", choices=["official", "diffusers"], default="official",
+                   help="official: the three .pt files; diffusers: a CosmosTransformer3DModel folder (config.json + "
+                        "diffusion_pytorch_model*.safetensors) of the EMA weights")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="write model.pt only (a run trained without EMA); with --to diffusers: export the training "
+                        "weights")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="with --to diffusers: cast the weights to this dtype (default: as stored)")
     _add_trust_argument(p)
 
 
 @command("convert", "turn a training checkpoint into the official inference files", _convert_arguments)
 def _convert(args: argparse.Namespace) -> int:
-    from cosmos_engine.convert import convert_checkpoint
+    from cosmos_engine.convert import convert_checkpoint, convert_to_diffusers
+    from cosmos_engine.models.flavors import parameter_dtype
 
-    for path in convert_checkpoint(args.checkpoint, args.out_dir, ema=args.ema, trust_checkpoint=args.trust_checkpoint):
+    if args.to == "diffusers":
+        dtype = parameter_dtype(args.dtype) if args.dtype else None
+        paths = convert_to_diffusers(args.checkpoint, args.out_dir, ema=args.ema, dtype=dtype,
+                                     trust_checkpoint=args.trust_checkpoint)
+    elif args.dtype:
+        raise UserError("--dtype applies to --to diffusers only; the official conversion writes both fp32 and bf16")
+    else:
+        paths = convert_checkpoint(args.checkpoint, args.out_dir, ema=args.ema, trust_checkpoint=args.trust_checkpoint)
+    for path in paths:
         print(path)
     return 0
 
@@ -313,8 +331,9 @@ def _infer_arguments(p: argparse.ArgumentParser) -> None:
                                     "defaults (frames, fps, sampler, ...); default: the built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override one recipe value (repeatable), e.g. --set infer.seed=3")
-    p.add_argument("--checkpoint-path", help="DiT weights (model_ema_bf16.pt, ..., or run:RECIPE.toml: that run's "
-                                             "latest converted EMA file); overrides infer.checkpoint_path")
+    p.add_argument("--checkpoint-path", help="DiT weights (model_ema_bf16.pt, ..., a diffusers transformer folder, or "
+                                             "run:RECIPE.toml: that run's latest converted EMA file); overrides "
+                                             "infer.checkpoint_path")
     p.add_argument("--output-dir", help="where <name>.mp4 and <name>.png go; overrides infer.output_dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_trust_argument(p)

@@ -15,15 +15,23 @@ $CHECKPOINT_DIR/model $CHECKPOINT_DIR`). A checkpoint may be named by its `iter_
 or by a recipe (`RECIPE.toml`): the newest complete checkpoint of the run it trains under the active output
 root. An [infer] `checkpoint_path = "run:RECIPE.toml"` names that checkpoint's converted `model_ema_fp32.pt`.
 
+`convert --to diffusers` writes instead a diffusers transformer folder (`CosmosTransformer3DModel`:
+`config.json` + `diffusion_pytorch_model*.safetensors`, `models/diffusers_format`), by default
+`iter_XXXXXXXXX/transformer/`, from the EMA weights (like the two `model_ema_*` files) or, with `ema=False`,
+the training weights; it also takes an official `.pt` file (a released checkpoint). The flavor is the one
+whose tensor shapes the checkpoint has.
+
 Differences from the official script, all deliberate: the DCP folder is read in this one process with no
 process group; each file is written under a temporary name in its folder and renamed, so an existing file
 is replaced only by a complete one (the official deletes the old files first); a folder that is not a DiT
 model checkpoint is refused before anything is written; each file gets a `<file>.sha256` sidecar
-(`cosmos_engine.checksum`) that every reader of the file verifies. Convert itself reads only DCP folders,
-which have none. And, as every checkpoint read in cosmos-engine,
-nothing is unpickled beyond plain checkpoint data unless the caller trusts the checkpoint: the DCP
-`.metadata` file is a pickle, read here with an unpickler that only builds DCP's own metadata classes, and
-non-tensor entries are loaded with `weights_only=True` (`trust_checkpoint=True` restores torch's loaders).
+(`cosmos_engine.checksum`) that every reader of the file verifies. Convert itself reads DCP folders, which
+have none (and, for diffusers, `.pt` files, whose sidecar it verifies). The safetensors files of a diffusers
+folder get none: the folder is diffusers' layout, and a safetensors reader refuses a truncated file. And, as
+every checkpoint read in cosmos-engine, nothing is unpickled beyond plain checkpoint data unless the caller
+trusts the checkpoint: the DCP `.metadata` file is a pickle, read here with an unpickler that only builds
+DCP's own metadata classes, and non-tensor entries are loaded with `weights_only=True`
+(`trust_checkpoint=True` restores torch's loaders).
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
+from cosmos_engine.models import diffusers_format
+from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
+from cosmos_engine.models.flavors import FLAVORS, dit_config
+from cosmos_engine.models.state_dict import check_keys, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +188,58 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
                 stale.unlink()
             sidecar_path(stale).unlink(missing_ok=True)
     return written
+
+
+def convert_to_diffusers(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                         ema: bool = True, dtype: torch.dtype | None = None, trust_checkpoint: bool = False,
+                         max_shard_bytes: int = diffusers_format.MAX_SHARD_BYTES) -> list[Path]:
+    """Write a diffusers transformer folder for a DCP checkpoint (see `find_model_dir`) or an official `.pt`.
+
+    Args:
+        out_dir: the folder; default `transformer/` beside the checkpoint's `model/` folder (or the `.pt`).
+        ema: the EMA weights (a DCP checkpoint without `net_ema.*` keys is then an error); False: `net.*`.
+        dtype: cast floating-point tensors to it; None keeps the stored dtypes.
+        max_shard_bytes: the largest safetensors file; larger weights are sharded, with an index file.
+
+    Returns the paths written."""
+    path = Path(checkpoint)
+    if path.suffix == ".pt" and path.is_file():
+        source = path
+    else:
+        source = find_model_dir(checkpoint, trust_checkpoint)
+        if ema and not any(k.startswith(EMA_PREFIX) for k in read_metadata(source, trust_checkpoint).state_dict_metadata):
+            raise CheckpointError(f"{source}: no '{EMA_PREFIX}*' keys (trained without EMA?); convert with --no-ema "
+                                  "to export the training weights")
+    out = Path(out_dir) if out_dir is not None else source.parent / "transformer"
+    problem = unwritable_reason(out)
+    if problem:
+        raise CheckpointError(f"{out.absolute()}: cannot write the diffusers folder there ({problem})")
+    log.info("reading %s", source)
+    state = read_state_dict(source, weights="ema" if ema else "net", trust_checkpoint=trust_checkpoint)
+    config = _flavor_of(state, source)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    written = diffusers_format.save_diffusers(state, config, out, max_shard_bytes=max_shard_bytes)
+    log.info("wrote %s (%d files)", out, len(written))
+    return written
+
+
+def _flavor_of(state: dict[str, torch.Tensor], source: Path) -> DiTConfig:
+    """The configuration of the flavor whose DiT has exactly these keys and shapes."""
+    found = {k: v.shape for k, v in state.items()}
+    problems = []
+    for flavor in FLAVORS:
+        config = dit_config(flavor)
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in CosmosDiT(config).state_dict().items()}
+        try:
+            check_keys(expected, found, f"as {flavor!r}, the checkpoint")
+            return config
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    raise CheckpointError(f"{source}: the weights fit no DiT flavor; {'; '.join(problems)}")
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> Path:

@@ -42,7 +42,7 @@ class ModelConfig:
     """[model]: the networks and where their weights come from."""
 
     flavor: Literal["2b", "tiny"] = spec("2b", doc='DiT size: "2b" (the official 2,059,174,912 parameters) or "tiny" (CPU tests).')
-    checkpoint: str = spec("", doc="Initial DiT weights (their net.* entries): an official .pt, a converted file or a DCP folder; empty = random init.", path=True)
+    checkpoint: str = spec("", doc="Initial DiT weights (their net.* entries): an official .pt, a converted file, a DCP folder or a diffusers transformer folder; empty = random init.", path=True)
     dtype: Literal["bfloat16", "float32"] = spec("bfloat16", doc='Parameter dtype of the DiT: "bfloat16" (official) or "float32" (CPU).')
     activation_checkpointing: Literal["none", "full", "selective"] = spec(
         "selective", doc='"none", "full" (recompute each block) or "selective" (keep attention outputs, recompute the rest).')
@@ -116,7 +116,7 @@ class InferConfig:
     height: int = spec(704, min=16, max=8192, doc="Output height in pixels (multiple of 16).")
     width: int = spec(1280, min=16, max=8192, doc="Output width in pixels (multiple of 16).")
     fps: float = spec(16.0, min=1.0, max=1000.0, doc="Frame rate of the written MP4 (official: 16).")
-    checkpoint_path: str = spec("", doc="DiT weights (model_ema_fp32.pt, model_ema_bf16.pt, model.pt, an official .pt or a DCP folder); empty = model.checkpoint.", path=True)
+    checkpoint_path: str = spec("", doc="DiT weights (model_ema_fp32.pt, model_ema_bf16.pt, model.pt, an official .pt, a DCP folder or a diffusers transformer folder); empty = model.checkpoint.", path=True)
     weights: Literal["ema", "net"] = spec("ema", doc='Which weights of a file holding both: "ema" or "net" (the training weights).')
     output_dir: str = spec("outputs", doc="Folder of the written <name>.mp4 and <name>.png.", path=True)
     name: str = spec("output", doc="File stem of the outputs.")

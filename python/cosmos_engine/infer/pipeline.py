@@ -300,7 +300,7 @@ def _checkpoint(model_cfg: ModelConfig, cfg: InferConfig, trust_checkpoint: bool
         return str(run_ema_file(path[len(RUN_PREFIX):], trust_checkpoint))
     if not Path(path).expanduser().exists():
         key = "infer.checkpoint_path" if cfg.checkpoint_path else "model.checkpoint"
-        raise CheckpointError(f"{Path(path).expanduser().absolute()}: no such checkpoint file or DCP folder ({key})")
+        raise CheckpointError(f"{Path(path).expanduser().absolute()}: no such checkpoint file or folder ({key})")
     return str(Path(path).expanduser())
 
 

@@ -1,12 +1,15 @@
 """Read official DiT weights and build a `CosmosDiT` from them.
 
-Three layouts are read, all with the official key names (so no mapping table exists):
+Four layouts are read; the first three have the official key names:
 * an official `.pt` (a released checkpoint, or `model.pt` from the converter): flat `net.*` keys, and in
   `model.pt` also `net_ema.*`;
 * a converted EMA file (`model_ema_fp32.pt`, `model_ema_bf16.pt`): the EMA weights under `net.*`;
 * a DCP checkpoint folder (`.../iter_000001000/model/` with its `.metadata`, or the `iter_*` folder above
   it): `net.*` (the training weights, bf16) and `net_ema.*` (the EMA, fp32). It is read with
-  torch.distributed.checkpoint in a single process; no process group is needed.
+  torch.distributed.checkpoint in a single process; no process group is needed;
+* a diffusers transformer folder (`config.json` + `diffusion_pytorch_model*.safetensors`, or a pipeline
+  folder holding it as `transformer/`): diffusers key names, renamed by `diffusers_format`, and its
+  `config.json` checked against the DiTConfig. It holds one set of weights, whatever `weights` asks for.
 
 Which weights: `weights="ema"` (the default, for sampling) takes `net_ema.*` when the file has them and
 `net.*` otherwise: released `.pt` files and the converted EMA files keep the EMA weights under `net.`, and
@@ -20,8 +23,9 @@ CLI's --trust-checkpoint): `.pt` files are read with `weights_only=True`, and a 
 (a pickle) and its entries through `cosmos_engine.dcp_io`, which builds only plain checkpoint data.
 
 Memory: the model is built on the meta device and receives the loaded tensors directly: `.pt` files are
-memory-mapped and assigned (converted tensor by tensor when the dtype differs), DCP reads straight into the
-materialized parameters. The 2B model never exists twice in host memory while loading.
+memory-mapped and assigned (converted tensor by tensor when the dtype differs), safetensors are read one
+tensor at a time and assigned the same way, DCP reads straight into the materialized parameters. The 2B
+model never exists twice in host memory while loading.
 
 Integrity: a `.pt` file with a `<file>.sha256` sidecar (`cosmos-engine convert` writes one) is hashed and
 compared before it is read (`cosmos_engine.checksum`); `check_finite` refuses weights holding NaN or Inf.
@@ -42,6 +46,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from cosmos_engine.checksum import verify_sha256
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
+from cosmos_engine.models import diffusers_format
 from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
 
 log = logging.getLogger(__name__)
@@ -113,9 +118,10 @@ def _dcp_tensor_shapes(folder: Path, trust_checkpoint: bool) -> dict[str, Tensor
 
 def _load_pt(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
     if path.is_dir():
-        raise CheckpointError(f"{path}: a folder without a DCP '.metadata' file (nor a 'model/' folder with one)")
+        raise CheckpointError(f"{path}: a folder without a DCP '.metadata' file (nor a 'model/' folder with one), "
+                              "nor a diffusers transformer folder (config.json + diffusion_pytorch_model*.safetensors)")
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file or DCP folder")
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
     verify_sha256(path)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint, mmap=True)
@@ -166,7 +172,8 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
     """A CosmosDiT on `device` with `dtype` parameters, loaded from `checkpoint` (or randomly initialised).
 
     Floating-point tensors of the file are converted to `dtype` (so a bf16 net rounds the RoPE exponent
-    buffers, as the official `net.to(bfloat16)` does); the int64 `accum_*` buffers stay int64."""
+    buffers, as the official `net.to(bfloat16)` does); the int64 `accum_*` buffers stay int64. A diffusers
+    folder lacks those buffers: they are rebuilt (`diffusers_format.rebuilt_buffers`)."""
     with torch.device("meta"):
         model = CosmosDiT(config)
     model.to(dtype=dtype)
@@ -176,19 +183,30 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
         return model
     expected = {k: v.shape for k, v in model.state_dict().items()}
     folder = dcp_folder(checkpoint)
-    if folder is not None:
+    hub = diffusers_format.diffusers_folder(checkpoint) if folder is None else None
+    if hub is not None:
+        what = "(diffusers names)"
+        diffusers_format.check_config(diffusers_format.read_config(hub), config, hub / diffusers_format.CONFIG_FILE)
+        stored = {k: v for k, v in expected.items() if not diffusers_format.is_dropped(k)}
+        check_keys(stored, diffusers_format.tensor_shapes(hub), f"diffusers folder {hub}")
+        targets = model.state_dict()
+        sd = {k: v.to(device=device, dtype=targets[k].dtype) for k, v in diffusers_format.iter_tensors(hub)}
+        model.load_state_dict({**sd, **diffusers_format.rebuilt_buffers(model, device)}, assign=True)
+    elif folder is not None:
         shapes = _dcp_tensor_shapes(folder, trust_checkpoint)
         prefix = choose_prefix(list(shapes), weights, folder)
         found = {k: md.size for k, md in strip_official_prefix(shapes, prefix).items()}
         check_keys(expected, found, f"DCP checkpoint {folder} ('{prefix}*')")
         model.to_empty(device=device)
         load_dcp({prefix + k: v for k, v in model.state_dict().items()}, folder, trust_checkpoint=trust_checkpoint)
+        what = f"'{prefix}*'"
     else:
         prefix, sd = _read_pt(Path(checkpoint), weights, trust_checkpoint)
         check_keys(expected, {k: v.shape for k, v in sd.items()}, f"checkpoint {checkpoint} ('{prefix}*')")
         targets = model.state_dict()
         model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
-    log.info("loaded DiT weights '%s*' from %s (%s, %s)", prefix, checkpoint, dtype, device)
+        what = f"'{prefix}*'"
+    log.info("loaded DiT weights %s from %s (%s, %s)", what, checkpoint, dtype, device)
     return model
 
 
