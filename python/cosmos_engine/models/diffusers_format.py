@@ -28,7 +28,6 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -343,19 +342,12 @@ def save_diffusers(state: Mapping[str, torch.Tensor], config: DiTConfig, folder:
 
 
 def diffusers_transformer_class() -> type:
-    """diffusers' `CosmosTransformer3DModel` (ImportError when diffusers is not installed).
+    """diffusers' `CosmosTransformer3DModel` (ImportError when diffusers, or the torchvision its forward
+    uses, is not installed: both are in the `[test]` extra)."""
+    import torchvision  # noqa: F401 - diffusers' Cosmos forward resizes the padding mask with it
 
-    Its forward resizes the padding mask with torchvision, an optional dependency of diffusers that
-    cosmos-engine does not need; when torchvision is absent, that one call (a tensor resize in NEAREST
-    mode, which torchvision computes as F.interpolate(mode="nearest")) is provided as exactly that."""
     from diffusers.models.transformers import transformer_cosmos
 
-    if not hasattr(transformer_cosmos, "transforms"):
-        def resize(x: torch.Tensor, size: list[int], interpolation: str) -> torch.Tensor:
-            return torch.nn.functional.interpolate(x, size=size, mode=interpolation)
-
-        transformer_cosmos.transforms = SimpleNamespace(functional=SimpleNamespace(resize=resize),
-                                                        InterpolationMode=SimpleNamespace(NEAREST="nearest"))
     return transformer_cosmos.CosmosTransformer3DModel
 
 
