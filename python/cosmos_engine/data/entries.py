@@ -15,7 +15,11 @@ from cosmos_engine.atomic import atomic_path
 
 
 def non_finite(tensor: torch.Tensor) -> int:
-    """How many of the values are NaN or Inf."""
+    """How many of the values are NaN or Inf. A finite sum proves there are none, and one pass of a sum is
+    several times cheaper than `isfinite` (bf16 especially: a 100 MB caption embedding is read at every
+    step); only a non-finite sum (a NaN, an Inf, or an overflow of huge values) is counted exactly."""
+    if torch.isfinite(tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)):
+        return 0
     return tensor.numel() - int(torch.isfinite(tensor).sum())
 
 
