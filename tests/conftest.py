@@ -13,6 +13,10 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("COSMOS_ENGINE_POISON_OUTPUTS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (-n N) the workers share the cores: one thread each, for the processes they start too,
+    # so that OpenMP's threads never wait on each other across workers. Tests that need 2 threads set them.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

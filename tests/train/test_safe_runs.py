@@ -420,7 +420,7 @@ def test_leftovers_of_killed_writes_are_removed_at_start(dataset, two_step_run, 
 @pytest.mark.slow
 def test_under_torchrun_a_sigterm_stops_every_rank_at_the_same_step_with_one_checkpoint(dataset, tmp_path):
     folder = run_folder(tmp_path, "ranks")
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                              "cosmos_engine.cli", *run_args(dataset, "ranks", 1000, 1000)], env=env_for(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_step(proc, folder, 2)

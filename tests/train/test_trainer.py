@@ -141,7 +141,7 @@ def test_two_ranks_fsdp_match_one_rank(tmp_path):
     """torchrun, gloo, FSDP2 over 2 ranks with batch 1 each == one process with batch 2, step by step. The two
     ranks start on an empty cache, so they also build it together."""
     dataset = make_dataset(tmp_path / "data")
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                           "cosmos_engine.cli", *run_args(dataset, "two", 5, 5, "--set", "train.batch_size=1")],
                          capture_output=True, text=True, timeout=300, env=env_for(tmp_path))
     assert two.returncode == 0, two.stderr[-3000:]
