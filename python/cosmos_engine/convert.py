@@ -8,6 +8,11 @@ What the official `scripts/convert_distcp_to_pt.py` writes (reference/vae_data_i
 * `model_ema_bf16.pt`: the same with every float32 tensor cast to bfloat16 (int64 buffers untouched): the
   file the official inference recommends.
 
+A LoRA run (its checkpoint has PEFT-injected keys and an `adapter_config.json`): the three files in the
+official LoRA run's layout (PEFT-injected keys, `net_ema.*` the whole EMA net), plus `lora_adapter/`, the
+EMA adapter as a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`) to apply to the base with
+`infer --lora`; `--merge-lora` writes the three files with the adapters merged, plain official keys.
+
 Where the files go: by default beside the checkpoint, i.e. in the `iter_XXXXXXXXX/` folder next to its
 `model/` subfolder, which is where the official documentation puts them (`convert_distcp_to_pt.py
 $CHECKPOINT_DIR/model $CHECKPOINT_DIR`). A checkpoint may be named by its `iter_XXXXXXXXX/` folder, its
@@ -28,6 +33,7 @@ non-tensor entries are loaded with `weights_only=True` (`trust_checkpoint=True` 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -41,14 +47,17 @@ from cosmos_engine.checkpoint_folders import LATEST, is_iteration_name, latest_c
 from cosmos_engine.checksum import file_sha256, sidecar_path, write_sidecar
 from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
+from cosmos_engine.config.schema import LoraConfig
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
+from cosmos_engine.models import lora
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 EMA_FP32_FILE = "model_ema_fp32.pt"
 EMA_BF16_FILE = "model_ema_bf16.pt"
+ADAPTER_DIR = "lora_adapter"  # a LoRA run's adapter, a PEFT folder
 NET_PREFIX = "net."
 EMA_PREFIX = "net_ema."
 RUN_PREFIX = "run:"  # checkpoint_path = "run:RECIPE.toml"
@@ -137,8 +146,9 @@ def to_bf16(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                       ema: bool = True, trust_checkpoint: bool = False) -> list[Path]:
-    """Write `model.pt`, `model_ema_fp32.pt` and `model_ema_bf16.pt` for a DCP checkpoint.
+                       ema: bool = True, merge_lora: bool = False, trust_checkpoint: bool = False) -> list[Path]:
+    """Write `model.pt`, `model_ema_fp32.pt` and `model_ema_bf16.pt` for a DCP checkpoint, and for a LoRA run
+    its adapter as a PEFT folder `lora_adapter/` (see `_lora_states`).
 
     Args:
         checkpoint: the checkpoint (see `find_model_dir` for the folders accepted).
@@ -146,6 +156,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
         ema: also write the two EMA files (a checkpoint without `net_ema.*` keys is then an error, as in
             the official converter); False writes `model.pt` only and removes EMA files a previous
             conversion left in `out_dir`, which would otherwise sit there stale.
+        merge_lora: a LoRA run's three files with the adapters merged into plain official keys
+            (W + (alpha / r) B A in fp32), instead of the PEFT-injected keys of the official LoRA files.
         trust_checkpoint: unpickle the DCP metadata and non-tensor entries with torch's unrestricted loaders.
 
     Returns the paths written, in the order written.
@@ -157,6 +169,11 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
         raise CheckpointError(f"{out.absolute()}: cannot write the converted files there ({problem})")
     log.info("reading %s", model_dir)
     state = load_model_checkpoint(model_dir, trust_checkpoint=trust_checkpoint)
+    adapter = None
+    if any(lora.is_adapter_key(key) for key in state):
+        state, adapter = _lora_states(state, model_dir, merge_lora)
+    elif merge_lora:
+        raise CheckpointError(f"{model_dir}: --merge-lora: not a LoRA run's checkpoint (no lora_A / lora_B keys)")
     ema_state = ema_state_dict(state)
     if ema and not ema_state:
         raise CheckpointError(f"{model_dir}: no '{EMA_PREFIX}*' keys (trained without EMA?); convert with --no-ema "
@@ -164,7 +181,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
 
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what a killed earlier conversion left half-written
-    written = [_save_atomic(state, out / MODEL_FILE)]
+    written = [lora.write_adapter(out / ADAPTER_DIR, *adapter)] if adapter is not None else []
+    written.append(_save_atomic(state, out / MODEL_FILE))
     if ema:
         written.append(_save_atomic(ema_state, out / EMA_FP32_FILE))
         del state  # frees the net.* tensors before the bf16 copy is made; ema_state keeps the EMA ones
@@ -176,6 +194,43 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
                 stale.unlink()
             sidecar_path(stale).unlink(missing_ok=True)
     return written
+
+
+def _lora_states(state: dict[str, Any], model_dir: Path, merge: bool) -> tuple[dict[str, Any], tuple[str, dict]]:
+    """A LoRA run's model part -> (the state to write, (adapter_config.json text, the adapter to write)).
+
+    The checkpoint holds `net.*` (frozen base + trained adapters, PEFT-injected keys) and `net_ema.*` (the
+    averaged adapters only, train/ema.py). Written as the official LoRA run's files are: `net_ema.*` the whole
+    EMA net in fp32 (the base, upcast, with the EMA adapters), the EMA files from it; or, with `merge`, both
+    nets merged into plain keys. The adapter folder holds the EMA adapters (the training ones without EMA),
+    with the run's adapter config, which the trainer saved beside the parts."""
+    config_path = model_dir.parent / lora.CONFIG_FILE
+    try:
+        config_text = config_path.read_text()
+        raw = json.loads(config_text)
+        cfg = LoraConfig(enabled=True, rank=int(raw["r"]), alpha=float(raw["lora_alpha"]),
+                         dropout=float(raw.get("lora_dropout", 0.0)),
+                         target_modules=tuple(raw.get("target_modules") or ()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_path}: missing; the checkpoint has LoRA adapters, and its adapter config "
+                              "(rank, alpha) is saved there by `cosmos-engine run`") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{config_path}: not a readable PEFT adapter config ({exc!r})") from None
+    net = {key[len(NET_PREFIX):]: value for key, value in state.items() if key.startswith(NET_PREFIX)}
+    ema_adapters = {key[len(EMA_PREFIX):]: value for key, value in state.items() if key.startswith(EMA_PREFIX)}
+    ema_net = {}
+    if ema_adapters:
+        if set(ema_adapters) != {key for key in net if lora.is_adapter_key(key)}:
+            raise CheckpointError(f"{model_dir}: its '{EMA_PREFIX}*' keys are not the adapters of its '{NET_PREFIX}*'")
+        ema_net = {key: ema_adapters[key] if key in ema_adapters else value.float() if value.is_floating_point()
+                   else value for key, value in net.items()}
+    adapter = lora.adapter_state(ema_net or net)
+    if merge:
+        net = lora.merge_injected(net, cfg, f"{model_dir} ('{NET_PREFIX}*')")
+        ema_net = lora.merge_injected(ema_net, cfg, f"{model_dir} ('{EMA_PREFIX}*')") if ema_net else {}
+    out = {NET_PREFIX + key: value for key, value in net.items()}
+    out.update({EMA_PREFIX + key: value for key, value in ema_net.items()})
+    return out, (config_text, adapter)
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> Path:

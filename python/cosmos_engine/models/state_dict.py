@@ -1,6 +1,8 @@
 """Read official DiT weights and build a `CosmosDiT` from them.
 
-Three layouts are read, all with the official key names (so no mapping table exists):
+Three layouts are read, all with the official key names (so no mapping table exists), each also in the
+PEFT-injected form of a LoRA run (`...q_proj.base_layer.weight`, `...q_proj.lora_A.default.weight`; official
+LoRA checkpoints and ours), which `build_dit` merges into plain weights (models/lora.py):
 * an official `.pt` (a released checkpoint, or `model.pt` from the converter): flat `net.*` keys, and in
   `model.pt` also `net_ema.*`;
 * a converted EMA file (`model_ema_fp32.pt`, `model_ema_bf16.pt`): the EMA weights under `net.*`;
@@ -40,8 +42,10 @@ import torch
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from cosmos_engine.checksum import verify_sha256
+from cosmos_engine.config.schema import LoraConfig
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
+from cosmos_engine.models import lora as lora_lib
 from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
 
 log = logging.getLogger(__name__)
@@ -141,19 +145,33 @@ def _read_pt(path: Path, weights: Weights, trust_checkpoint: bool) -> tuple[str,
     return prefix, sd
 
 
+def _dcp_entries(shapes: Mapping[str, TensorStorageMetadata], weights: Weights, folder: Path) -> tuple[str, dict[str, str]]:
+    """(prefix taken, network key -> DCP key) of the requested weights in a DCP model folder.
+
+    A LoRA run's `net_ema.*` holds the averaged adapters only (train/ema.py): its EMA net is `net.*`'s frozen
+    base with those adapters."""
+    prefix = choose_prefix(list(shapes), weights, folder)
+    chosen = {k[len(prefix):]: k for k in shapes if k.startswith(prefix) and not k.endswith(EXTRA_STATE)}
+    if prefix == EMA_PREFIX and all(lora_lib.is_adapter_key(k) for k in chosen):
+        base = {k[len(NET_PREFIX):]: k for k in shapes if k.startswith(NET_PREFIX) and not lora_lib.is_adapter_key(k)
+                and not k.endswith(EXTRA_STATE)}
+        chosen = {**base, **chosen}
+    return prefix, chosen
+
+
 def read_state_dict(path: str | Path, *, weights: Weights = "ema", trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """The DiT state dict (network-relative keys, the file's dtypes, on the CPU) from a `.pt` or a DCP folder.
 
-    DCP tensors are read into fresh memory; `.pt` tensors stay memory-mapped."""
+    DCP tensors are read into fresh memory; `.pt` tensors stay memory-mapped. A LoRA checkpoint's keys stay
+    in the PEFT-injected layout (`build_dit` merges them)."""
     folder = dcp_folder(path)
     if folder is None:
         return _read_pt(Path(path), weights, trust_checkpoint)[1]
     shapes = _dcp_tensor_shapes(folder, trust_checkpoint)
-    prefix = choose_prefix(list(shapes), weights, folder)
-    state = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in shapes.items()
-             if k.startswith(prefix) and not k.endswith(EXTRA_STATE)}
+    _, chosen = _dcp_entries(shapes, weights, folder)
+    state = {key: torch.empty(shapes[key].size, dtype=shapes[key].properties.dtype) for key in chosen.values()}
     load_dcp(state, folder, trust_checkpoint=trust_checkpoint)
-    return strip_official_prefix(state, prefix)
+    return {name: state[key] for name, key in chosen.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -162,11 +180,15 @@ def read_state_dict(path: str | Path, *, weights: Weights = "ema", trust_checkpo
 
 
 def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, weights: Weights = "ema", trust_checkpoint: bool = False) -> CosmosDiT:
+              dtype: torch.dtype = torch.float32, weights: Weights = "ema", trust_checkpoint: bool = False,
+              lora: LoraConfig | None = None) -> CosmosDiT:
     """A CosmosDiT on `device` with `dtype` parameters, loaded from `checkpoint` (or randomly initialised).
 
     Floating-point tensors of the file are converted to `dtype` (so a bf16 net rounds the RoPE exponent
-    buffers, as the official `net.to(bfloat16)` does); the int64 `accum_*` buffers stay int64."""
+    buffers, as the official `net.to(bfloat16)` does); the int64 `accum_*` buffers stay int64.
+    A LoRA checkpoint (PEFT-injected keys: an official LoRA run's files, ours) is merged into plain weights,
+    W + (alpha / r) B A in fp32, with alpha and the rank the file must have from `lora` (a [lora] table;
+    default the official values): the file does not record alpha."""
     with torch.device("meta"):
         model = CosmosDiT(config)
     model.to(dtype=dtype)
@@ -178,16 +200,26 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
     folder = dcp_folder(checkpoint)
     if folder is not None:
         shapes = _dcp_tensor_shapes(folder, trust_checkpoint)
-        prefix = choose_prefix(list(shapes), weights, folder)
-        found = {k: md.size for k, md in strip_official_prefix(shapes, prefix).items()}
-        check_keys(expected, found, f"DCP checkpoint {folder} ('{prefix}*')")
-        model.to_empty(device=device)
-        load_dcp({prefix + k: v for k, v in model.state_dict().items()}, folder, trust_checkpoint=trust_checkpoint)
+        prefix, chosen = _dcp_entries(shapes, weights, folder)
+        source = f"DCP checkpoint {folder} ('{prefix}*')"
+        if not lora_lib.is_injected(list(chosen)):
+            check_keys(expected, {name: shapes[key].size for name, key in chosen.items()}, source)
+            model.to_empty(device=device)
+            params = model.state_dict()
+            load_dcp({key: params[name] for name, key in chosen.items()}, folder, trust_checkpoint=trust_checkpoint)
+            log.info("loaded DiT weights '%s*' from %s (%s, %s)", prefix, checkpoint, dtype, device)
+            return model
+        sd = read_state_dict(folder, weights=weights, trust_checkpoint=trust_checkpoint)
     else:
         prefix, sd = _read_pt(Path(checkpoint), weights, trust_checkpoint)
-        check_keys(expected, {k: v.shape for k, v in sd.items()}, f"checkpoint {checkpoint} ('{prefix}*')")
-        targets = model.state_dict()
-        model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
+        source = f"checkpoint {checkpoint} ('{prefix}*')"
+    if lora_lib.is_injected(list(sd)):
+        lora = lora if lora is not None else LoraConfig()
+        sd = lora_lib.merge_injected(sd, lora, source)
+        log.info("merged the LoRA adapters of %s (rank %d, alpha %g)", source, lora.rank, lora.alpha)
+    check_keys(expected, {k: v.shape for k, v in sd.items()}, source)
+    targets = model.state_dict()
+    model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
     log.info("loaded DiT weights '%s*' from %s (%s, %s)", prefix, checkpoint, dtype, device)
     return model
 
