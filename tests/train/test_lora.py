@@ -285,6 +285,23 @@ def test_an_adapter_with_diffusers_key_names_is_refused_for_now(tmp_path):
         lora.apply_adapters(random_dit(), [(tmp_path / "diffusers", 1.0)])
 
 
+def test_the_nemo_lora_recipe_is_the_official_lora_experiment_on_the_full_recipe():
+    import dataclasses
+
+    from cosmos_engine.config import load_recipe
+    from cosmos_engine.config.schema import OFFICIAL_LORA_TARGETS
+
+    lora_recipe = load_recipe(REPO / "recipes" / "nemo_lora.toml")
+    full = load_recipe(REPO / "recipes" / "nemo_posttrain.toml")
+    assert lora_recipe.lora == LoraConfig(enabled=True, rank=32, alpha=32.0, dropout=0.0,
+                                          target_modules=OFFICIAL_LORA_TARGETS)
+    assert (lora_recipe.job.group, lora_recipe.job.name) == ("lora", "2b_cosmos_nemo_assets_lora")
+    assert lora_recipe.train.conditional_frames_probs == (0.333, 0.333, 0.334)
+    same_train = dataclasses.replace(lora_recipe.train, conditional_frames_probs=full.train.conditional_frames_probs)
+    assert (lora_recipe.model, lora_recipe.data, same_train, lora_recipe.checkpoint) == \
+        (full.model, full.data, full.train, full.checkpoint)
+
+
 def test_adapter_specs_split_path_and_scale():
     assert split_lora_spec("runs/a/lora_adapter", "x") == ("runs/a/lora_adapter", 1.0)
     assert split_lora_spec("runs/a:0.5", "x") == ("runs/a", 0.5)
