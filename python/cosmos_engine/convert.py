@@ -33,7 +33,6 @@ non-tensor entries are loaded with `weights_only=True` (`trust_checkpoint=True` 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -47,7 +46,6 @@ from cosmos_engine.checkpoint_folders import LATEST, is_iteration_name, latest_c
 from cosmos_engine.checksum import file_sha256, sidecar_path, write_sidecar
 from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
-from cosmos_engine.config.schema import LoraConfig
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models import lora
@@ -57,7 +55,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
 EMA_FP32_FILE = "model_ema_fp32.pt"
 EMA_BF16_FILE = "model_ema_bf16.pt"
-ADAPTER_DIR = "lora_adapter"  # a LoRA run's adapter, a PEFT folder
+ADAPTER_DIR = lora.ADAPTER_DIR  # a LoRA run's adapter, a PEFT folder
 NET_PREFIX = "net."
 EMA_PREFIX = "net_ema."
 RUN_PREFIX = "run:"  # checkpoint_path = "run:RECIPE.toml"
@@ -205,17 +203,10 @@ def _lora_states(state: dict[str, Any], model_dir: Path, merge: bool) -> tuple[d
     nets merged into plain keys. The adapter folder holds the EMA adapters (the training ones without EMA),
     with the run's adapter config, which the trainer saved beside the parts."""
     config_path = model_dir.parent / lora.CONFIG_FILE
-    try:
-        config_text = config_path.read_text()
-        raw = json.loads(config_text)
-        cfg = LoraConfig(enabled=True, rank=int(raw["r"]), alpha=float(raw["lora_alpha"]),
-                         dropout=float(raw.get("lora_dropout", 0.0)),
-                         target_modules=tuple(raw.get("target_modules") or ()))
-    except FileNotFoundError:
+    if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing; the checkpoint has LoRA adapters, and its adapter config "
-                              "(rank, alpha) is saved there by `cosmos-engine run`") from None
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{config_path}: not a readable PEFT adapter config ({exc!r})") from None
+                              "(rank, alpha) is saved there by `cosmos-engine run`")
+    config_text, cfg = lora.read_config(config_path)
     net = {key[len(NET_PREFIX):]: value for key, value in state.items() if key.startswith(NET_PREFIX)}
     ema_adapters = {key[len(EMA_PREFIX):]: value for key, value in state.items() if key.startswith(EMA_PREFIX)}
     ema_net = {}

@@ -383,7 +383,6 @@ def test_a_wrong_target_stops_the_run_with_one_line_before_any_work(dataset, tmp
 
 def test_convert_writes_the_official_lora_files_a_peft_folder_and_merged_files(lora_run, tmp_path):
     iteration = run_folder(*lora_run) / "checkpoints" / f"iter_{STEPS:09d}"
-    cfg = LoraConfig(enabled=True, rank=16, alpha=16.0)
     assert cli_main(["convert", str(iteration), str(tmp_path / "injected")]) == 0
     assert cli_main(["convert", str(iteration), str(tmp_path / "merged"), "--merge-lora"]) == 0
     injected = torch.load(tmp_path / "injected" / "model_ema_fp32.pt", weights_only=True)
@@ -393,12 +392,12 @@ def test_convert_writes_the_official_lora_files_a_peft_folder_and_merged_files(l
     assert not lora.is_injected(list(merged)) and "net.blocks.0.self_attn.q_proj.weight" in merged
     model_pt = torch.load(tmp_path / "injected" / "model.pt", weights_only=True)
     assert {k.split(".")[0] for k in model_pt} == {"net", "net_ema"}  # the whole EMA net, as the official
-    # Sampled four ways, the EMA net is one net: the injected file (merged as it loads), the merged file, the
-    # DCP checkpoint itself, and the base with the adapter folder applied unmerged.
+    # Sampled four ways, the EMA net is one net: the injected file (merged as it loads, with the rank 16 and
+    # alpha 16 recorded beside it, not the official defaults), the merged file, the DCP checkpoint itself, and
+    # the base with the adapter folder applied unmerged.
     reference = output(build_dit(TINY, tmp_path / "merged" / "model_ema_fp32.pt"))
-    torch.testing.assert_close(output(build_dit(TINY, tmp_path / "injected" / "model_ema_fp32.pt", lora=cfg)),
-                               reference, **TOL)
-    torch.testing.assert_close(output(build_dit(TINY, iteration, lora=cfg)), reference, **TOL)
+    torch.testing.assert_close(output(build_dit(TINY, tmp_path / "injected" / "model_ema_fp32.pt")), reference, **TOL)
+    torch.testing.assert_close(output(build_dit(TINY, iteration)), reference, **TOL)
     base = {k.removeprefix("net.").replace(".base_layer.", "."): v for k, v in injected.items()
             if not lora.is_adapter_key(k)}
     net = build_dit(TINY)

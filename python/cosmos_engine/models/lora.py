@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 ADAPTER_NAME = "default"          # PEFT's name of a single adapter (the official checkpoints use it)
 BASE_LAYER = "base_layer"
 CONFIG_FILE = "adapter_config.json"
+ADAPTER_DIR = "lora_adapter"      # where `convert` writes a LoRA run's adapter, beside the three files
 WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_FILE_PREFIX = "base_model.model."
 # Linears that the forward calls as modules (see the module docstring); an adapter anywhere else is refused.
@@ -280,6 +281,33 @@ def config_json(cfg: LoraConfig) -> str:
     """adapter_config.json of a [lora] table, as PEFT writes it (sets as lists)."""
     raw = peft_config(cfg).to_dict()
     return json.dumps({k: sorted(v) if isinstance(v, set) else v for k, v in raw.items()}, indent=2, sort_keys=True) + "\n"
+
+
+def read_config(path: str | Path) -> tuple[str, LoraConfig]:
+    """(text, the [lora] values) of an adapter_config.json; CheckpointError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        raw = json.loads(text)
+        cfg = LoraConfig(enabled=True, rank=int(raw["r"]), alpha=float(raw["lora_alpha"]),
+                         dropout=float(raw.get("lora_dropout") or 0.0),
+                         target_modules=tuple(raw.get("target_modules") or ()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (a LoRA adapter config, PEFT's {CONFIG_FILE})") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a readable PEFT adapter config ({exc!r})") from None
+    return text, cfg
+
+
+def recorded_config(checkpoint: str | Path) -> Path | None:
+    """The adapter config recorded beside a LoRA checkpoint, or None: a run's `iter_XXXXXXXXX/adapter_config.json`
+    (beside its `model/` folder and the files `convert` writes there) or a converted `lora_adapter/`'s."""
+    path = Path(checkpoint)
+    folder = path.parent if path.is_file() or path.name == "model" else path
+    for candidate in (folder / CONFIG_FILE, folder / ADAPTER_DIR / CONFIG_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def read_adapter(path: str | Path):

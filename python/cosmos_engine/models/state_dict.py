@@ -187,8 +187,9 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
     Floating-point tensors of the file are converted to `dtype` (so a bf16 net rounds the RoPE exponent
     buffers, as the official `net.to(bfloat16)` does); the int64 `accum_*` buffers stay int64.
     A LoRA checkpoint (PEFT-injected keys: an official LoRA run's files, ours) is merged into plain weights,
-    W + (alpha / r) B A in fp32, with alpha and the rank the file must have from `lora` (a [lora] table;
-    default the official values): the file does not record alpha."""
+    W + (alpha / r) B A in fp32. The file does not record alpha: it and the rank the file must have come from
+    the adapter config recorded beside it (`lora.recorded_config`: our runs and conversions have one), else
+    from `lora` (a [lora] table; default the official values, which official LoRA checkpoints need)."""
     with torch.device("meta"):
         model = CosmosDiT(config)
     model.to(dtype=dtype)
@@ -214,9 +215,13 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
         prefix, sd = _read_pt(Path(checkpoint), weights, trust_checkpoint)
         source = f"checkpoint {checkpoint} ('{prefix}*')"
     if lora_lib.is_injected(list(sd)):
+        recorded = lora_lib.recorded_config(checkpoint)
+        if recorded is not None:  # what the run trained with beats any recipe's guess
+            _, lora = lora_lib.read_config(recorded)
         lora = lora if lora is not None else LoraConfig()
         sd = lora_lib.merge_injected(sd, lora, source)
-        log.info("merged the LoRA adapters of %s (rank %d, alpha %g)", source, lora.rank, lora.alpha)
+        log.info("merged the LoRA adapters of %s (rank %d, alpha %g, from %s)", source, lora.rank, lora.alpha,
+                 recorded or "[lora]")
     check_keys(expected, {k: v.shape for k, v in sd.items()}, source)
     targets = model.state_dict()
     model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
