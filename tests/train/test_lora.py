@@ -5,8 +5,11 @@ PEFT folder that PEFT itself reads, and every mistake is one clear error."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +27,7 @@ from cosmos_engine.train import step as step_lib
 from cosmos_engine.train.checkpoint import FAULT_ENV, complete_checkpoints
 from cosmos_engine.train.trainer import build_model
 
+from tests.train.lora_fsdp_worker import LORA, lora_model, lora_steps
 from tests.train.runs import (
     CLI,
     REPO,
@@ -36,7 +40,7 @@ from tests.train.runs import (
 
 TINY = dit_config("tiny")
 RECIPE = REPO / "recipes" / "tiny_lora.toml"
-LORA = LoraConfig(enabled=True, rank=8, alpha=16.0)
+WORKER = Path(__file__).with_name("lora_fsdp_worker.py")
 # fp32 nets; merging changes the order of the adapter's sum (W x + s B A x vs (W + s B A) x): a few ulps of
 # the O(1) outputs, far below the adapters' effect (> 1e-2, see test_training_moves_the_output_...).
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -52,8 +56,7 @@ def _one_thread():
 
 
 def random_dit(seed: int = 0) -> torch.nn.Module:
-    """A tiny DiT with every weight random (the official init zeroes the AdaLN up-projections, so its blocks
-    are identities and an adapter inside them would not change the output)."""
+    """A tiny DiT with every weight moved away from the official init (which zeroes the AdaLN up-projections)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_dit(TINY)
@@ -111,6 +114,29 @@ def test_injected_adapters_start_as_a_no_op_and_are_all_that_trains():
     assert all(not p.any() for name, p in trainable.items() if ".lora_B." in name)  # up-projections start at 0
     assert all(p.abs().sum() > 0 for name, p in trainable.items() if ".lora_A." in name)
     assert torch.equal(output(net), base)
+
+
+@pytest.mark.slow
+def test_adapters_shard_with_fsdp2_and_two_ranks_match_one_process(tmp_path):
+    """torchrun, gloo: the adapters (and their EMA) are FSDP2 shards, and 2 ranks with batch 1 each train what
+    one process with batch 2 does (only the reduction order of the sharded gradients differs)."""
+    out = tmp_path / "fsdp.pt"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(WORKER), str(out)], check=False, capture_output=True, text=True, timeout=300,
+                            env=env_for(tmp_path, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    shards = got["shards"]
+    assert shards["adapters_dtensor"] and shards["ema_dtensor"]
+    assert shards["adapter_local"] * 2 == shards["adapter_total"] == TINY.num_blocks * LORA.rank * 5376
+    assert all(math.isfinite(v) for v in got["bf16_losses"])
+    model = lora_model(Distributed(0, 1, torch.device("cpu")))
+    losses = lora_steps(model, Distributed(0, 1, torch.device("cpu")))
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses), rtol=1e-5, atol=0)
+    want = model.state_dict()
+    assert got["state"].keys() == want.keys()
+    for key, value in want.items():  # Adam: a last-bit gradient difference moves a weight by up to lr (see test_trainer)
+        torch.testing.assert_close(got["state"][key], value, rtol=1e-4, atol=1e-4, msg=key)
 
 
 def test_a_bf16_base_keeps_fp32_adapters():

@@ -3,7 +3,9 @@
 Build order (torchtitan's): the DiT on the meta device -> activation checkpointing -> FSDP2 per block and
 then the root on a (replicate, shard) mesh (several ranks) -> materialize -> load the initial weights
 (or the official random init) -> fp32 EMA copy -> AdamW + schedule -> resume from the run's newest
-complete checkpoint. The frozen VAE and text encoder sit outside the sharded DiT; with `cache = "windows"`
+complete checkpoint. With [lora] enabled, PEFT adapters are injected into the DiT before activation
+checkpointing (after the weights are loaded, on one rank); only they train, and the EMA and the optimizer
+hold only them (see `build_model`). The frozen VAE and text encoder sit outside the sharded DiT; with `cache = "windows"`
 they run once per window and caption before the first step, never inside it.
 
 Each step: batch (cached latents + text embeddings) -> the step's random draws (a function of seed, step
@@ -70,7 +72,7 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
     """The DiT and its fp32 EMA, checkpointed and (several ranks) sharded, with the initial weights.
 
     One process: built on the meta device, materialized, loaded or initialised (`build_dit`), wrapped.
-    Several ranks (torchrun's order): built on the meta device, activation-checkpointed, FSDP2-sharded,
+    Several ranks (torchtitan's order): built on the meta device, activation-checkpointed, FSDP2-sharded,
     then materialized shard by shard; the weights (the checkpoint, or the seeded random init) are read into
     host memory and each rank copies its shards from them, so no device ever holds the whole model.
     train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode; gradients and Adam moments
