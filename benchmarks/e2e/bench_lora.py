@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,9 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.common import print_table, reexec_with_malloc_tuning, write_result  # noqa: E402
-from benchmarks.e2e.bench_train import (  # noqa: E402
-    PHASES, cached_dataset, free_bytes, run_tiny, state_bytes, time_optimizer_and_ema_on_subset)
 from cosmos_engine.config.schema import LoraConfig, ModelConfig, TrainConfig  # noqa: E402
 from cosmos_engine.data.cache import CachedWindowDataset  # noqa: E402
 from cosmos_engine.data.dataset import WindowSampler, build_loader  # noqa: E402
@@ -40,10 +38,22 @@ from cosmos_engine.models import lora  # noqa: E402
 from cosmos_engine.models.cosmos_dit import CosmosDiT  # noqa: E402
 from cosmos_engine.models.flavors import dit_config  # noqa: E402
 from cosmos_engine.parallel.distributed import Distributed  # noqa: E402
-from cosmos_engine.train import ema as ema_lib, optim, step as step_lib  # noqa: E402
+from cosmos_engine.train import ema as ema_lib  # noqa: E402
+from cosmos_engine.train import optim  # noqa: E402
+from cosmos_engine.train import step as step_lib  # noqa: E402
 from cosmos_engine.train.data import TrainingData  # noqa: E402
 from cosmos_engine.train.metrics import peak_memory_bytes  # noqa: E402
 from cosmos_engine.train.trainer import PhaseClock, build_model, compute_context  # noqa: E402
+
+from benchmarks.common import print_table, reexec_with_malloc_tuning, write_result  # noqa: E402
+from benchmarks.e2e.bench_train import (  # noqa: E402
+    PHASES,
+    cached_dataset,
+    free_bytes,
+    run_tiny,
+    state_bytes,
+    time_optimizer_and_ema_on_subset,
+)
 
 RECIPES = {"full": "tiny_posttrain.toml", "lora": "tiny_lora.toml"}
 COLUMNS = ["flavor", "mode", "trainable_params", "steps", "precision", *PHASES, "peak_memory_gb"]
@@ -201,7 +211,8 @@ def main() -> None:
         ratios[flavor] = {"trainable_params": adapted["trainable_params"] / full["trainable_params"],
                           "step_time_s": adapted["step_time_s"] / full["step_time_s"],
                           "peak_memory_gb": adapted["peak_memory_gb"] / full["peak_memory_gb"]}
-    path = write_result("lora", device, {"rows": rows, "lora_over_full": ratios})
+    # The machine may be shared: the load says how much the step times can be trusted.
+    path = write_result("lora", device, {"rows": rows, "lora_over_full": ratios, "load_average_1_5_15": os.getloadavg()})
     print_table(rows, COLUMNS)
     for row in rows:
         if "peak_memory_note" in row:
