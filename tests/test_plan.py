@@ -120,10 +120,15 @@ def _malloc_in_use():
     return lambda: (lambda m: m.uordblks + m.hblkhd)(libc.mallinfo2())
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full fine-tuning", "LoRA"])
 @pytest.mark.parametrize("mode", ["none", "full", "selective"])
-def test_saved_activations_match_the_formula(mode):
+def test_saved_activations_match_the_formula(mode, lora):
     """What a forward keeps alive for backward (malloc bytes in use after it, minus the output) against
-    the formula of plan/memory.py, at two token counts."""
+    the formula of plan/memory.py, at two token counts; with LoRA adapters (rank 16, official targets) on
+    the frozen net too."""
+    from cosmos_engine.config.schema import LoraConfig
+    from cosmos_engine.models.lora import inject_lora
+
     in_use = _malloc_in_use()
     if in_use is None:
         pytest.skip("needs glibc's mallinfo2 to count the bytes a forward keeps")
@@ -134,6 +139,10 @@ def test_saved_activations_match_the_formula(mode):
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.02)
+    lora_cfg = LoraConfig(enabled=True, rank=16)
+    sizes = mem.lora_sizes("tiny", lora_cfg.rank, lora_cfg.target_modules) if lora else None
+    if lora:
+        inject_lora(net, lora_cfg)
     apply_activation_checkpointing(net, mode)
     for thw in ((5, 8, 14), (5, 16, 28)):
         inputs = (torch.randn(1, 16, *thw), torch.rand(1, 1), torch.randn(1, 512, 96))
@@ -144,8 +153,15 @@ def test_saved_activations_match_the_formula(mode):
         kept = in_use() - before - out.nbytes
         L = mem.tokens_of(cfg, thw)
         predicted = cfg.num_blocks * mem.block_activation_bytes(cfg, L, 512, 4, mode) + \
-            mem.shared_activation_bytes(cfg, L, 512, 4, mode)
-        assert abs(predicted - kept) <= 0.05 * kept, (mode, thw, predicted, kept)
+            mem.shared_activation_bytes(cfg, L, 512, 4, mode, frozen=lora)
+        if lora:
+            if mode == "none":
+                predicted += cfg.num_blocks * mem.lora_activation_bytes(sizes["block"], L, 512, lora_cfg.rank, 4)
+            predicted += mem.lora_activation_bytes(sizes["outside"], L, 512, lora_cfg.rank, 4, inputs_counted=False)
+        # LoRA: the formula counts per-token tensors; 57 KB that do not grow with the tokens (measured the same
+        # at both sizes) are left out, which at the smaller size is just over 5 %.
+        slack = 64 * 1024 if lora else 0
+        assert abs(predicted - kept) <= 0.05 * kept + slack, (mode, thw, predicted, kept)
         del out
 
 
@@ -159,6 +175,35 @@ def test_2b_full_fine_tune_at_720p_on_one_24gb_gpu_does_not_fit_and_says_what_do
     assert fitting, plan.advice
     assert all(item["peak_bytes"] <= plan.usable_bytes for item in fitting)
     assert "does not fit" in plan.table()
+
+
+def test_lora_keeps_training_state_for_the_adapters_only_and_is_offered_when_it_fits(monkeypatch):
+    """The 2B with LoRA: only the 45.9 M adapter parameters (r (in + out) over 280 layers) have gradients,
+    moments and an EMA; the frozen base is in bf16. On a device that more GPUs cannot help (the plan offers
+    those first), the advice reaches LoRA and it makes the run fit."""
+    import dataclasses
+
+    from cosmos_engine.plan import plan as plan_module
+    from cosmos_engine.plan.rates import device
+
+    full = load_recipe(REPO / "recipes" / "nemo_posttrain.toml", ['model.activation_checkpointing="full"'])
+    lora = load_recipe(REPO / "recipes" / "nemo_posttrain.toml", ['model.activation_checkpointing="full"',
+                                                                 "lora.enabled=true"])
+    full_plan, lora_plan = make_plan(full, "train", "h100-sxm"), make_plan(lora, "train", "h100-sxm")
+    lines = {line.name: line.bytes for line in lora_plan.phases["training step"]}
+    adapters = 28 * 32 * (4 * 4096 + 4096 + 2 * 3072 + 4096 + 2 * 10240)  # per block: self, cross, MLP
+    assert lora_plan.settings["lora"]["trainable_params"] == adapters == 45_875_200
+    assert lines["frozen base parameters"] == 2 * 2_059_174_912
+    assert lines["adapter gradients"] == lines["adapter EMA (fp32)"] == 4 * adapters
+    assert lines["adapter AdamW moments"] == 8 * adapters and "gradients" not in lines
+    assert lora_plan.peak_bytes < full_plan.peak_bytes - 10 * 2**30  # 24 GB of state less, 7.6 GB of fp32 inputs more
+    assert lora_plan.time["total_s"] < full_plan.time["total_s"]  # no weight gradients for the base
+
+    small = dataclasses.replace(device("h100-sxm"), is_gpu=False, memory_bytes=40 * 2**30)  # a 40 GiB box
+    monkeypatch.setattr(plan_module, "device_row", lambda name: small)
+    advice = make_plan(full, "train", "h100-sxm").advice
+    (item,) = [a for a in advice if "lora.enabled=true" in a["change"]]
+    assert item["fits"] and item["peak_bytes"] < 0.92 * 40 * 2**30, advice
 
 
 def test_plan_command_json(capsys):

@@ -59,9 +59,9 @@ PHASES = ["data_wait_s", "forward_s", "backward_s", "optimizer_s", "ema_s", "ste
 
 
 # ----------------------------------------------------------------------------------------------- tiny
-def run_tiny(dataset: Path, root: Path, cache: str, steps: int) -> list[dict]:
-    name = f"bench_{cache}"
-    cmd = [sys.executable, "-m", "cosmos_engine.cli", "run", str(REPO / "recipes" / "tiny_posttrain.toml"),
+def run_tiny(dataset: Path, root: Path, cache: str, steps: int, recipe: str = "tiny_posttrain.toml") -> list[dict]:
+    name = f"bench_{Path(recipe).stem}_{cache}"
+    cmd = [sys.executable, "-m", "cosmos_engine.cli", "run", str(REPO / "recipes" / recipe),
            "--set", f"data.dataset_dir={dataset}", "--set", f"data.cache={cache}", "--set", f"job.name={name}",
            "--set", f"train.max_steps={steps}", "--set", f"checkpoint.save_every={steps}"]
     subprocess.run(cmd, check=True, env={**os.environ, "IMAGINAIRE_OUTPUT_ROOT": str(root)},
@@ -151,6 +151,27 @@ def time_optimizer_and_ema_on_subset(cfg, blocks: int, device: torch.device, dty
             "ema_s": statistics.median(ema_s)}
 
 
+def cached_dataset(tmp: Path, args: argparse.Namespace, device: torch.device, flavor: str):
+    """Two synthetic clips of `args.frames` x `args.height` x `args.width`, their windows cached with the
+    flavor's VAE architecture (seeded random weights) and a caption stand-in of the flavor's text width.
+    Returns (videos, vae, cache, window settings, text embeddings by prompt, latent (T, H, W))."""
+    dataset_dir = tmp / f"data_{flavor}"
+    prepare_synthetic(dataset_dir, count=2, frames=args.frames + 4, height=args.height, width=args.width)
+    videos = VideoWindowDataset(load_records(dataset_dir), args.frames, args.height, args.width, make_decoder("auto"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        vae = LatentEncoder(WanVAE(vae_config(flavor)).to(device=device, dtype=vae_dtype).eval().requires_grad_(False),
+                            tiled=False)
+    captions = CaptionStandIn(512, dit_config(flavor).crossattn_proj_in_channels)
+    cache = LatentCache(dataset_dir)
+    windows = {"window_stride": DataConfig().window_stride, "max_cached_windows": DataConfig().max_cached_windows}
+    cache.build(videos, vae, device=device, **windows)
+    text_by_prompt, _ = cached_embeddings([r.prompt for r in videos.records], cache.root / "text", captions, device)
+    latent_thw = (1 + (args.frames - 1) // 4, args.height // 8, args.width // 8)
+    return videos, vae, cache, windows, text_by_prompt, latent_thw
+
+
 def bench_2b(tmp: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
@@ -164,20 +185,7 @@ def bench_2b(tmp: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
           f"{free_bytes(device) / 2**30:.1f} GiB free: "
           + ("whole steps" if whole_step else "optimizer and EMA timed on a subset"), flush=True)
 
-    dataset_dir = tmp / "data_2b"
-    prepare_synthetic(dataset_dir, count=2, frames=args.frames + 4, height=args.height, width=args.width)
-    videos = VideoWindowDataset(load_records(dataset_dir), args.frames, args.height, args.width, make_decoder("auto"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        vae = LatentEncoder(WanVAE(vae_config("2b")).to(device=device, dtype=vae_dtype).eval().requires_grad_(False),
-                            tiled=False)
-    captions = CaptionStandIn(512, cfg.crossattn_proj_in_channels)
-    cache = LatentCache(dataset_dir)
-    windows = {"window_stride": DataConfig().window_stride, "max_cached_windows": DataConfig().max_cached_windows}
-    cache.build(videos, vae, device=device, **windows)
-    text_by_prompt, _ = cached_embeddings([r.prompt for r in videos.records], cache.root / "text", captions, device)
-    latent_thw = (1 + (args.frames - 1) // 4, args.height // 8, args.width // 8)
+    videos, vae, cache, windows, text_by_prompt, latent_thw = cached_dataset(tmp, args, device, "2b")
 
     model_cfg = ModelConfig(flavor="2b", dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
                             activation_checkpointing=args.activation_checkpointing)

@@ -260,10 +260,14 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
                         "weights")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="with --to diffusers: cast the weights to this dtype (default: as stored)")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="a LoRA run: write the three files with the adapters merged (plain official keys) instead of "
+                        "the PEFT-injected keys; lora_adapter/ is written either way")
     _add_trust_argument(p)
 
 
-@command("convert", "turn a training checkpoint into the official inference files", _convert_arguments)
+@command("convert", "turn a training checkpoint into the official inference files (and a LoRA run's adapter)",
+         _convert_arguments)
 def _convert(args: argparse.Namespace) -> int:
     from cosmos_engine.convert import convert_checkpoint, convert_to_diffusers
     from cosmos_engine.models.flavors import parameter_dtype
@@ -275,7 +279,8 @@ def _convert(args: argparse.Namespace) -> int:
     elif args.dtype:
         raise UserError("--dtype applies to --to diffusers only; the official conversion writes both fp32 and bf16")
     else:
-        paths = convert_checkpoint(args.checkpoint, args.out_dir, ema=args.ema, trust_checkpoint=args.trust_checkpoint)
+        paths = convert_checkpoint(args.checkpoint, args.out_dir, ema=args.ema, merge_lora=args.merge_lora,
+                                   trust_checkpoint=args.trust_checkpoint)
     for path in paths:
         print(path)
     return 0
@@ -334,6 +339,9 @@ def _infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-path", help="DiT weights (model_ema_bf16.pt, ..., a diffusers transformer folder, or "
                                              "run:RECIPE.toml: that run's latest converted EMA file); overrides "
                                              "infer.checkpoint_path")
+    p.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
+                   help="apply a LoRA adapter (a PEFT folder, e.g. a converted run's lora_adapter/) at SCALE (default "
+                        "1), unmerged; repeat to combine several; replaces infer.lora")
     p.add_argument("--output-dir", help="where <name>.mp4 and <name>.png go; overrides infer.output_dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_trust_argument(p)
@@ -373,13 +381,19 @@ def _infer(args: argparse.Namespace) -> int:
         changes["checkpoint_path"] = str(checkpoint.resolve())
     if args.output_dir is not None:
         changes["output_dir"] = os.path.expanduser(args.output_dir)
+    if args.lora is not None:
+        from cosmos_engine.config.load import split_lora_spec
+
+        for spec in args.lora:
+            split_lora_spec(spec, f"--lora {spec}")
+        changes["lora"] = tuple(os.path.expanduser(spec) for spec in args.lora)
     samples = {name: dataclasses.replace(cfg, **changes) for name, cfg in samples.items()}
     if int(os.environ.get("RANK", "0")) == 0:
         from cosmos_engine.plan import announce
 
         announce(dataclasses.replace(recipe, infer=next(iter(samples.values()))), "infer")
     for result in run_infer(recipe.model, samples, progress=args.progress, trust_checkpoint=args.trust_checkpoint,
-                            context_parallel=args.context_parallel):
+                            context_parallel=args.context_parallel, lora_cfg=recipe.lora):
         print(result.video_path)
     return 0
 

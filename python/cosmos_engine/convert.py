@@ -8,6 +8,11 @@ What the official `scripts/convert_distcp_to_pt.py` writes (reference/vae_data_i
 * `model_ema_bf16.pt`: the same with every float32 tensor cast to bfloat16 (int64 buffers untouched): the
   file the official inference recommends.
 
+A LoRA run (its checkpoint has PEFT-injected keys and an `adapter_config.json`): the three files in the
+official LoRA run's layout (PEFT-injected keys, `net_ema.*` the whole EMA net), plus `lora_adapter/`, the
+EMA adapter as a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`) to apply to the base with
+`infer --lora`; `--merge-lora` writes the three files with the adapters merged, plain official keys.
+
 Where the files go: by default beside the checkpoint, i.e. in the `iter_XXXXXXXXX/` folder next to its
 `model/` subfolder, which is where the official documentation puts them (`convert_distcp_to_pt.py
 $CHECKPOINT_DIR/model $CHECKPOINT_DIR`). A checkpoint may be named by its `iter_XXXXXXXXX/` folder, its
@@ -51,7 +56,7 @@ from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
-from cosmos_engine.models import diffusers_format
+from cosmos_engine.models import diffusers_format, lora
 from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
 from cosmos_engine.models.flavors import FLAVORS, dit_config
 from cosmos_engine.models.state_dict import check_keys, read_state_dict
@@ -61,6 +66,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
 EMA_FP32_FILE = "model_ema_fp32.pt"
 EMA_BF16_FILE = "model_ema_bf16.pt"
+ADAPTER_DIR = lora.ADAPTER_DIR  # a LoRA run's adapter, a PEFT folder
 NET_PREFIX = "net."
 EMA_PREFIX = "net_ema."
 RUN_PREFIX = "run:"  # checkpoint_path = "run:RECIPE.toml"
@@ -149,8 +155,9 @@ def to_bf16(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                       ema: bool = True, trust_checkpoint: bool = False) -> list[Path]:
-    """Write `model.pt`, `model_ema_fp32.pt` and `model_ema_bf16.pt` for a DCP checkpoint.
+                       ema: bool = True, merge_lora: bool = False, trust_checkpoint: bool = False) -> list[Path]:
+    """Write `model.pt`, `model_ema_fp32.pt` and `model_ema_bf16.pt` for a DCP checkpoint, and for a LoRA run
+    its adapter as a PEFT folder `lora_adapter/` (see `_lora_states`).
 
     Args:
         checkpoint: the checkpoint (see `find_model_dir` for the folders accepted).
@@ -158,6 +165,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
         ema: also write the two EMA files (a checkpoint without `net_ema.*` keys is then an error, as in
             the official converter); False writes `model.pt` only and removes EMA files a previous
             conversion left in `out_dir`, which would otherwise sit there stale.
+        merge_lora: a LoRA run's three files with the adapters merged into plain official keys
+            (W + (alpha / r) B A in fp32), instead of the PEFT-injected keys of the official LoRA files.
         trust_checkpoint: unpickle the DCP metadata and non-tensor entries with torch's unrestricted loaders.
 
     Returns the paths written, in the order written.
@@ -169,6 +178,11 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
         raise CheckpointError(f"{out.absolute()}: cannot write the converted files there ({problem})")
     log.info("reading %s", model_dir)
     state = load_model_checkpoint(model_dir, trust_checkpoint=trust_checkpoint)
+    adapter = None
+    if any(lora.is_adapter_key(key) for key in state):
+        state, adapter = _lora_states(state, model_dir, merge_lora)
+    elif merge_lora:
+        raise CheckpointError(f"{model_dir}: --merge-lora: not a LoRA run's checkpoint (no lora_A / lora_B keys)")
     ema_state = ema_state_dict(state)
     if ema and not ema_state:
         raise CheckpointError(f"{model_dir}: no '{EMA_PREFIX}*' keys (trained without EMA?); convert with --no-ema "
@@ -176,7 +190,8 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
 
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what a killed earlier conversion left half-written
-    written = [_save_atomic(state, out / MODEL_FILE)]
+    written = [lora.write_adapter(out / ADAPTER_DIR, *adapter)] if adapter is not None else []
+    written.append(_save_atomic(state, out / MODEL_FILE))
     if ema:
         written.append(_save_atomic(ema_state, out / EMA_FP32_FILE))
         del state  # frees the net.* tensors before the bf16 copy is made; ema_state keeps the EMA ones
@@ -216,6 +231,9 @@ def convert_to_diffusers(checkpoint: str | os.PathLike, out_dir: str | os.PathLi
         raise CheckpointError(f"{out.absolute()}: cannot write the diffusers folder there ({problem})")
     log.info("reading %s", source)
     state = read_state_dict(source, weights="ema" if ema else "net", trust_checkpoint=trust_checkpoint)
+    if any(lora.is_adapter_key(key) for key in state):
+        raise CheckpointError(f"{source}: a LoRA run's checkpoint; convert it with --merge-lora first, then export "
+                              "the merged model_ema_fp32.pt with --to diffusers (the adapter itself is lora_adapter/)")
     config = _flavor_of(state, source)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
@@ -240,6 +258,36 @@ def _flavor_of(state: dict[str, torch.Tensor], source: Path) -> DiTConfig:
         except CheckpointError as exc:
             problems.append(str(exc))
     raise CheckpointError(f"{source}: the weights fit no DiT flavor; {'; '.join(problems)}")
+
+
+def _lora_states(state: dict[str, Any], model_dir: Path, merge: bool) -> tuple[dict[str, Any], tuple[str, dict]]:
+    """A LoRA run's model part -> (the state to write, (adapter_config.json text, the adapter to write)).
+
+    The checkpoint holds `net.*` (frozen base + trained adapters, PEFT-injected keys) and `net_ema.*` (the
+    averaged adapters only, train/ema.py). Written as the official LoRA run's files are: `net_ema.*` the whole
+    EMA net in fp32 (the base, upcast, with the EMA adapters), the EMA files from it; or, with `merge`, both
+    nets merged into plain keys. The adapter folder holds the EMA adapters (the training ones without EMA),
+    with the run's adapter config, which the trainer saved beside the parts."""
+    config_path = model_dir.parent / lora.CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing; the checkpoint has LoRA adapters, and its adapter config "
+                              "(rank, alpha) is saved there by `cosmos-engine run`")
+    config_text, cfg = lora.read_config(config_path)
+    net = {key[len(NET_PREFIX):]: value for key, value in state.items() if key.startswith(NET_PREFIX)}
+    ema_adapters = {key[len(EMA_PREFIX):]: value for key, value in state.items() if key.startswith(EMA_PREFIX)}
+    ema_net = {}
+    if ema_adapters:
+        if set(ema_adapters) != {key for key in net if lora.is_adapter_key(key)}:
+            raise CheckpointError(f"{model_dir}: its '{EMA_PREFIX}*' keys are not the adapters of its '{NET_PREFIX}*'")
+        ema_net = {key: ema_adapters[key] if key in ema_adapters else value.float() if value.is_floating_point()
+                   else value for key, value in net.items()}
+    adapter = lora.adapter_state(ema_net or net)
+    if merge:
+        net = lora.merge_injected(net, cfg, f"{model_dir} ('{NET_PREFIX}*')")
+        ema_net = lora.merge_injected(ema_net, cfg, f"{model_dir} ('{EMA_PREFIX}*')") if ema_net else {}
+    out = {NET_PREFIX + key: value for key, value in net.items()}
+    out.update({EMA_PREFIX + key: value for key, value in ema_net.items()})
+    return out, (config_text, adapter)
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import string
 from pathlib import Path
 
@@ -171,6 +172,26 @@ def test_rendered_defaults_are_valid_toml():
     assert "[checkpoint]" in to_toml(Recipe())
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("lora.alpha=0", r"lora.alpha = 0.0 is invalid: expected a value > 0"),
+    ("lora.target_modules=[]", r"lora.target_modules is empty"),
+    ('lora.target_modules=["q_proj", ""]', r"lora.target_modules entry '' is invalid"),
+    ("lora.target_modules=[1]", r"lora.target_modules\[0\] = 1 is invalid: expected a string"),
+    ('lora.target_modules="q_proj"', r"expected a list of strings"),
+    ("train.conditional_frames_probs=[0.5, 0.5, 0.5]", r"must sum to 1"),
+    ('infer.lora=["a:inf"]', r"LoRA adapter 'a:inf' is invalid: expected PATH or PATH:SCALE"),
+])
+def test_lora_and_condition_frame_values_are_checked(override, message):
+    with pytest.raises(RecipeError, match=f"^--set {re.escape(override)}: .*{message}"):
+        load_recipe(None, [override])
+
+
+def test_lora_lists_round_trip(tmp_path):
+    r = load_recipe(None, ['lora.target_modules=["q_proj", "mlp.layer2"]', 'infer.lora=["a:0.5", "b"]'])
+    assert r.lora.target_modules == ("q_proj", "mlp.layer2") and r.infer.lora == ("a:0.5", "b")
+    assert load_recipe(write_resolved(r, tmp_path)) == r
+
+
 def test_value_rule_errors_name_the_override(tmp_path):
     path = write(tmp_path, "[train]\nmax_steps = 3\n")
     with pytest.raises(RecipeError, match=r"^--set data.num_frames=16: data.num_frames = 16 is invalid"):
@@ -186,7 +207,7 @@ PATH_KEYS = [f"{table}.{f.name}" for table, cls in schema.tables().items() for f
 def test_every_path_key_is_marked():
     assert sorted(PATH_KEYS) == sorted([
         "data.dataset_dir", "job.output_root", "model.checkpoint", "model.vae_path", "model.text_encoder_path",
-        "infer.input_path", "infer.output_dir", "infer.checkpoint_path"])
+        "infer.input_path", "infer.output_dir", "infer.checkpoint_path", "infer.lora"])
 
 
 @pytest.mark.parametrize("key", PATH_KEYS)
@@ -195,8 +216,11 @@ def test_home_and_variables_are_expanded_in_every_path(key, tmp_path, monkeypatc
     monkeypatch.setenv("COSMOS_TEST_DIR", "sub")
     table, name = key.split(".")
     extra = {"infer.input_path": "\nnum_conditional_frames = 1"}.get(key, "")
-    path = write(tmp_path, f'[{table}]\n{name} = "~/$COSMOS_TEST_DIR/${{COSMOS_TEST_DIR}}.png"{extra}\n')
-    assert getattr(getattr(load_recipe(path), table), name) == f"{tmp_path}/sub/sub.png"
+    value = '"~/$COSMOS_TEST_DIR/${COSMOS_TEST_DIR}.png"'
+    listed = key == "infer.lora"  # a list of paths: each is expanded
+    path = write(tmp_path, f'[{table}]\n{name} = {f"[{value}]" if listed else value}{extra}\n')
+    got = getattr(getattr(load_recipe(path), table), name)
+    assert got == ((f"{tmp_path}/sub/sub.png",) if listed else f"{tmp_path}/sub/sub.png")
 
 
 def test_an_unset_variable_in_a_path_names_it(tmp_path, monkeypatch):

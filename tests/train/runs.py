@@ -22,8 +22,8 @@ def make_dataset(folder: Path, clips: int = 2) -> Path:
     return folder
 
 
-def run_args(dataset: Path, name: str, steps: int, save_every: int, *extra: str) -> list[str]:
-    return ["run", str(RECIPE), "--set", f"data.dataset_dir={dataset}", "--set", f"job.name={name}",
+def run_args(dataset: Path, name: str, steps: int, save_every: int, *extra: str, recipe: Path = RECIPE) -> list[str]:
+    return ["run", str(recipe), "--set", f"data.dataset_dir={dataset}", "--set", f"job.name={name}",
             "--set", f"train.max_steps={steps}", "--set", f"checkpoint.save_every={save_every}", *extra]
 
 

@@ -255,6 +255,17 @@ def test_a_recipe_change_on_resume_is_refused_unless_allowed(dataset, two_step_r
     assert "lr = 0.002" in (folder / "recipe.toml").read_text()
 
 
+def test_a_key_added_to_the_schema_after_a_run_started_counts_as_its_default():
+    """A run recorded before [lora] (or train.conditional_frames_probs) existed trained with their defaults: its
+    resume is no recipe change, unless the new key is set to something else."""
+    from cosmos_engine.config import load_recipe
+    from cosmos_engine.train.run_folder import changed_keys, fingerprint
+
+    old_record = {k: v for k, v in fingerprint(load_recipe(None)).items() if not k.startswith("lora.")}
+    assert changed_keys(old_record, fingerprint(load_recipe(None))) == []
+    assert changed_keys(old_record, fingerprint(load_recipe(None, ["lora.enabled=true"]))) == ["lora.enabled"]
+
+
 @pytest.mark.slow
 def test_resume_false_into_a_used_folder_needs_overwrite_which_keeps_the_old_run(dataset, two_step_run, tmp_path):
     folder = copy_run(two_step_run, tmp_path)

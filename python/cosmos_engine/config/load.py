@@ -37,7 +37,10 @@ def _describe(expected: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(expected))
     if origin is tuple:
-        return f"a list of {len(typing.get_args(expected))} numbers"
+        items = typing.get_args(expected)
+        if items[-1] is Ellipsis:
+            return f"a list of {_describe(items[0]).removeprefix('a ')}s"
+        return f"a list of {len(items)} numbers"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[expected]
 
 
@@ -55,6 +58,8 @@ def _check_value(where: str, key: str, value: Any, expected: Any, meta: dict) ->
         return value
     if origin is tuple:
         items = typing.get_args(expected)
+        if items[-1] is Ellipsis and isinstance(value, list):  # any length, one item type
+            items = (items[0],) * len(value)
         if not isinstance(value, list) or len(value) != len(items):
             fail(f"expected {_describe(expected)}")
         return tuple(_check_value(where, f"{key}[{i}]", v, t, meta) for i, (v, t) in enumerate(zip(value, items)))
@@ -120,6 +125,25 @@ def _validate(recipe: schema.Recipe, where: typing.Callable[[str], str]) -> None
             raise RecipeError(f"{where('job.' + key)}: job.{key} = {value!r} is invalid: expected a plain folder name "
                               "(not empty, not '.' or '..', no '/')")
     validate_infer(recipe.infer, where)
+    _validate_lora(recipe.lora, where)
+    probs = recipe.train.conditional_frames_probs
+    if abs(sum(probs) - 1.0) > 1e-6:
+        raise RecipeError(f"{where('train.conditional_frames_probs')}: train.conditional_frames_probs = "
+                          f"{list(probs)} is invalid: the probabilities of 0, 1 and 2 condition frames must sum to 1")
+
+
+def _validate_lora(cfg: schema.LoraConfig, where: typing.Callable[[str], str]) -> None:
+    """The [lora] rules beyond types; whether the targets name layers of the DiT is checked where the DiT is
+    built (models/lora.py), since this leaf package imports no model code."""
+    if cfg.alpha <= 0:
+        raise RecipeError(f"{where('lora.alpha')}: lora.alpha = {cfg.alpha} is invalid: expected a value > 0")
+    if not cfg.target_modules:
+        raise RecipeError(f"{where('lora.target_modules')}: lora.target_modules is empty: name at least one layer, "
+                          f"e.g. {list(schema.OFFICIAL_LORA_TARGETS)}")
+    for name in cfg.target_modules:
+        if not name or name != name.strip() or name.startswith(".") or name.endswith(".") or ".." in name:
+            raise RecipeError(f"{where('lora.target_modules')}: lora.target_modules entry {name!r} is invalid: "
+                              "expected a layer name such as 'q_proj' or 'mlp.layer1'")
 
 
 def _check_video_size(table: str, cfg: schema.DataConfig | schema.InferConfig,
@@ -157,6 +181,24 @@ def validate_infer(cfg: schema.InferConfig, where: typing.Callable[[str], str]) 
                               f"({' '.join(schema.VIDEO_SUFFIXES)})")
     if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
         raise RecipeError(f"{where('infer.name')}: infer.name = {cfg.name!r} is invalid: expected a plain file stem")
+    for spec in cfg.lora:
+        split_lora_spec(spec, where("infer.lora"))
+
+
+def split_lora_spec(spec: str, where: str) -> tuple[str, float]:
+    """'PATH[:SCALE]' -> (PATH, SCALE), scale 1.0 when absent. A last ':' part that is not a number belongs to
+    the path. RecipeError naming `where` for an empty path or a non-finite scale."""
+    path, scale = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep:
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            pass
+    if not path or not math.isfinite(scale):
+        raise RecipeError(f"{where}: LoRA adapter {spec!r} is invalid: expected PATH or PATH:SCALE with a finite "
+                          "number as SCALE, e.g. runs/robot/lora_adapter:0.8")
+    return path, scale
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

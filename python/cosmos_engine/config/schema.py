@@ -53,6 +53,25 @@ class ModelConfig:
     text_encoder_path: str = spec("", doc="Local folder of the Reason1 (Qwen2.5-VL) text encoder; empty = tiny random encoder.", path=True)
 
 
+# The official LoRA targets (`lora_target_modules` of the official LoRA experiment); our module names are the
+# official ones, so they name the same layers: every attention's q/k/v/output projection and both MLP linears.
+OFFICIAL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "mlp.layer1", "mlp.layer2")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """[lora]: low-rank adapters (PEFT) on the DiT instead of full fine-tuning (official LoRA values by
+    default). Only the adapters train; the frozen base stays in [model] dtype, the adapters in fp32."""
+
+    enabled: bool = spec(False, doc="Train LoRA adapters on the frozen DiT instead of all of its weights.")
+    rank: int = spec(32, min=1, max=65536, doc="Rank r of every adapter (official: 32).")
+    alpha: float = spec(32.0, min=0.0, max=1e6, doc="LoRA alpha; an adapter adds (alpha / rank) B A x (official: 32).")
+    dropout: float = spec(0.0, min=0.0, max=0.99, doc="Dropout on each adapter's input (official: 0).")
+    target_modules: tuple[str, ...] = spec(
+        OFFICIAL_LORA_TARGETS, doc="Layers to adapt, PEFT-style: a name matches a layer whose path ends with it "
+                                   "(official: q_proj k_proj v_proj output_proj mlp.layer1 mlp.layer2).")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """[data]: the training videos and how they are read."""
@@ -84,6 +103,9 @@ class TrainConfig:
         "bf16", doc='"bf16": params, grads and Adam moments in bf16 (official); "fp32-master": fp32 weights, grads and moments with bf16 matmuls (autocast); "fp32": all fp32 (CPU).')
     ema: bool = spec(True, doc="Keep an fp32 EMA copy of the DiT (official power EMA).")
     text_dropout: float = spec(0.2, min=0.0, max=1.0, doc="Probability of zeroing a sample's text embedding.")
+    conditional_frames_probs: tuple[float, float, float] = spec(
+        (0.5, 0.25, 0.25), min=0.0, max=1.0, doc="Probabilities of 0, 1 and 2 clean condition frames per sample "
+                                                 "(text2world, image2world, video2world); they must sum to 1.")
     log_every: int = spec(1, min=1, max=10**9, doc="Steps between metric lines.")
 
 
@@ -118,6 +140,9 @@ class InferConfig:
     fps: float = spec(16.0, min=1.0, max=1000.0, doc="Frame rate of the written MP4 (official: 16).")
     checkpoint_path: str = spec("", doc="DiT weights (model_ema_fp32.pt, model_ema_bf16.pt, model.pt, an official .pt, a DCP folder or a diffusers transformer folder); empty = model.checkpoint.", path=True)
     weights: Literal["ema", "net"] = spec("ema", doc='Which weights of a file holding both: "ema" or "net" (the training weights).')
+    lora: tuple[str, ...] = spec((), doc='LoRA adapters to apply, unmerged, each "PATH[:SCALE]" (a PEFT folder, '
+                                         'e.g. a converted run\'s lora_adapter/; scale 1 by default); several add up.',
+                                 path=True)
     output_dir: str = spec("outputs", doc="Folder of the written <name>.mp4 and <name>.png.", path=True)
     name: str = spec("output", doc="File stem of the outputs.")
     tiled_decode: bool = spec(False, doc="Decode the VAE in overlapping spatial tiles to bound memory.")
@@ -129,6 +154,7 @@ class Recipe:
 
     job: JobConfig = field(default_factory=JobConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -47,12 +47,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from cosmos_engine.atomic import atomic_path, remove_stale_temporaries, unwritable_reason
-from cosmos_engine.config.load import validate_infer
-from cosmos_engine.config.schema import InferConfig, ModelConfig
+from cosmos_engine.config.load import split_lora_spec, validate_infer
+from cosmos_engine.config.schema import InferConfig, LoraConfig, ModelConfig
 from cosmos_engine.convert import RUN_PREFIX, run_ema_file
 from cosmos_engine.errors import CheckpointError, RecipeError
 from cosmos_engine.infer import unipc
 from cosmos_engine.infer.sample_files import IMAGE_SUFFIXES
+from cosmos_engine.models import lora as lora_lib
 from cosmos_engine.parallel.distributed import setup_distributed
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,8 @@ def _parallel_mode(world_size: int, samples: Mapping[str, InferConfig], num_head
 
 def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | InferConfig, *,
               device: torch.device | str | None = None, progress: bool = True,
-              trust_checkpoint: bool = False, context_parallel: bool = False) -> list[InferResult]:
+              trust_checkpoint: bool = False, context_parallel: bool = False,
+              lora_cfg: LoraConfig | None = None) -> list[InferResult]:
     """Generate every sample and write `<output_dir>/<name>.mp4` and `<name>.png`; returns what was written.
 
     All samples must use the same DiT weights (one checkpoint is loaded). Prompt embeddings are cached in
@@ -342,7 +344,10 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     negative prompt is not there yet. The tiny flavor's random text encoder is written once to
     `<output_dir>/.cache/tiny_reason1` (seeded: the one post-training used).
     Under torchrun the ranks share the work as `_parallel_mode` says; `context_parallel` asks for every
-    sample's latent frames to be split over all ranks."""
+    sample's latent frames to be split over all ranks.
+    LoRA: a checkpoint with PEFT-injected keys (a LoRA run's files) is merged as it loads, with `lora_cfg`'s
+    alpha and rank (default the official values); the adapters of `infer.lora` ("PATH[:SCALE]" PEFT folders,
+    the same for every sample) are applied unmerged on top, all active at once (models/lora.py)."""
     from cosmos_engine.models.flavors import dit_config, parameter_dtype
     from cosmos_engine.models.state_dict import build_dit, check_finite
     from cosmos_engine.data.encoders import build_vae, text_encoder_source
@@ -362,6 +367,12 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
     weights = {cfg.weights for cfg in samples.values()}
     if len(weights) != 1:
         raise RecipeError("the samples ask for different infer.weights; run them separately")
+    adapter_sets = {cfg.lora for cfg in samples.values()}
+    if len(adapter_sets) != 1:
+        raise RecipeError("the samples ask for different infer.lora adapters; run them separately")
+    adapters = [split_lora_spec(spec, "infer.lora") for spec in adapter_sets.pop()]
+    for path, _ in adapters:  # before any model is loaded
+        lora_lib.read_adapter(path)
     dist_info = setup_distributed()
     dit_cfg = dit_config(model_cfg.flavor)
     mode = _parallel_mode(dist_info.world_size, samples, dit_cfg.num_heads, dit_cfg.patch_temporal, context_parallel)
@@ -401,8 +412,11 @@ def run_infer(model_cfg: ModelConfig, samples: Mapping[str, InferConfig] | Infer
 
     # 3. Sampling, 4. decoding and files.
     net = build_dit(dit_cfg, checkpoint, device=device, dtype=dtype, weights=weights.pop(),
-                    trust_checkpoint=trust_checkpoint).eval().requires_grad_(False)
+                    trust_checkpoint=trust_checkpoint, lora=lora_cfg).eval().requires_grad_(False)
     check_finite(net, checkpoint)
+    if adapters:
+        lora_lib.apply_adapters(net, adapters).to(device)
+        check_finite(net, ", ".join(str(path) for path, _ in adapters))
     if mode == "context":
         net.enable_context_parallel(dist.group.WORLD)
     results = []

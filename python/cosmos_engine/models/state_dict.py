@@ -1,6 +1,8 @@
 """Read official DiT weights and build a `CosmosDiT` from them.
 
-Four layouts are read; the first three have the official key names:
+Four layouts are read; the first three have the official key names, each also in the PEFT-injected form
+of a LoRA run (`...q_proj.base_layer.weight`, `...q_proj.lora_A.default.weight`; official LoRA checkpoints and
+ours), which `build_dit` merges into plain weights (models/lora.py):
 * an official `.pt` (a released checkpoint, or `model.pt` from the converter): flat `net.*` keys, and in
   `model.pt` also `net_ema.*`;
 * a converted EMA file (`model_ema_fp32.pt`, `model_ema_bf16.pt`): the EMA weights under `net.*`;
@@ -44,9 +46,11 @@ import torch
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from cosmos_engine.checksum import verify_sha256
+from cosmos_engine.config.schema import LoraConfig
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models import diffusers_format
+from cosmos_engine.models import lora as lora_lib
 from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
 
 log = logging.getLogger(__name__)
@@ -147,19 +151,33 @@ def _read_pt(path: Path, weights: Weights, trust_checkpoint: bool) -> tuple[str,
     return prefix, sd
 
 
+def _dcp_entries(shapes: Mapping[str, TensorStorageMetadata], weights: Weights, folder: Path) -> tuple[str, dict[str, str]]:
+    """(prefix taken, network key -> DCP key) of the requested weights in a DCP model folder.
+
+    A LoRA run's `net_ema.*` holds the averaged adapters only (train/ema.py): its EMA net is `net.*`'s frozen
+    base with those adapters."""
+    prefix = choose_prefix(list(shapes), weights, folder)
+    chosen = {k[len(prefix):]: k for k in shapes if k.startswith(prefix) and not k.endswith(EXTRA_STATE)}
+    if prefix == EMA_PREFIX and all(lora_lib.is_adapter_key(k) for k in chosen):
+        base = {k[len(NET_PREFIX):]: k for k in shapes if k.startswith(NET_PREFIX) and not lora_lib.is_adapter_key(k)
+                and not k.endswith(EXTRA_STATE)}
+        chosen = {**base, **chosen}
+    return prefix, chosen
+
+
 def read_state_dict(path: str | Path, *, weights: Weights = "ema", trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """The DiT state dict (network-relative keys, the file's dtypes, on the CPU) from a `.pt` or a DCP folder.
 
-    DCP tensors are read into fresh memory; `.pt` tensors stay memory-mapped."""
+    DCP tensors are read into fresh memory; `.pt` tensors stay memory-mapped. A LoRA checkpoint's keys stay
+    in the PEFT-injected layout (`build_dit` merges them)."""
     folder = dcp_folder(path)
     if folder is None:
         return _read_pt(Path(path), weights, trust_checkpoint)[1]
     shapes = _dcp_tensor_shapes(folder, trust_checkpoint)
-    prefix = choose_prefix(list(shapes), weights, folder)
-    state = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in shapes.items()
-             if k.startswith(prefix) and not k.endswith(EXTRA_STATE)}
+    _, chosen = _dcp_entries(shapes, weights, folder)
+    state = {key: torch.empty(shapes[key].size, dtype=shapes[key].properties.dtype) for key in chosen.values()}
     load_dcp(state, folder, trust_checkpoint=trust_checkpoint)
-    return strip_official_prefix(state, prefix)
+    return {name: state[key] for name, key in chosen.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -168,12 +186,17 @@ def read_state_dict(path: str | Path, *, weights: Weights = "ema", trust_checkpo
 
 
 def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, weights: Weights = "ema", trust_checkpoint: bool = False) -> CosmosDiT:
+              dtype: torch.dtype = torch.float32, weights: Weights = "ema", trust_checkpoint: bool = False,
+              lora: LoraConfig | None = None) -> CosmosDiT:
     """A CosmosDiT on `device` with `dtype` parameters, loaded from `checkpoint` (or randomly initialised).
 
     Floating-point tensors of the file are converted to `dtype` (so a bf16 net rounds the RoPE exponent
     buffers, as the official `net.to(bfloat16)` does); the int64 `accum_*` buffers stay int64. A diffusers
-    folder lacks those buffers: they are rebuilt (`diffusers_format.rebuilt_buffers`)."""
+    folder lacks those buffers: they are rebuilt (`diffusers_format.rebuilt_buffers`).
+    A LoRA checkpoint (PEFT-injected keys: an official LoRA run's files, ours) is merged into plain weights,
+    W + (alpha / r) B A in fp32. The file does not record alpha: it and the rank the file must have come from
+    the adapter config recorded beside it (`lora.recorded_config`: our runs and conversions have one), else
+    from `lora` (a [lora] table; default the official values, which official LoRA checkpoints need)."""
     with torch.device("meta"):
         model = CosmosDiT(config)
     model.to(dtype=dtype)
@@ -185,28 +208,41 @@ def build_dit(config: DiTConfig, checkpoint: str | Path | None = None, *, device
     folder = dcp_folder(checkpoint)
     hub = diffusers_format.diffusers_folder(checkpoint) if folder is None else None
     if hub is not None:
-        what = "(diffusers names)"
         diffusers_format.check_config(diffusers_format.read_config(hub), config, hub / diffusers_format.CONFIG_FILE)
         stored = {k: v for k, v in expected.items() if not diffusers_format.is_dropped(k)}
         check_keys(stored, diffusers_format.tensor_shapes(hub), f"diffusers folder {hub}")
         targets = model.state_dict()
         sd = {k: v.to(device=device, dtype=targets[k].dtype) for k, v in diffusers_format.iter_tensors(hub)}
         model.load_state_dict({**sd, **diffusers_format.rebuilt_buffers(model, device)}, assign=True)
-    elif folder is not None:
+        log.info("loaded DiT weights (diffusers names) from %s (%s, %s)", checkpoint, dtype, device)
+        return model
+    if folder is not None:
         shapes = _dcp_tensor_shapes(folder, trust_checkpoint)
-        prefix = choose_prefix(list(shapes), weights, folder)
-        found = {k: md.size for k, md in strip_official_prefix(shapes, prefix).items()}
-        check_keys(expected, found, f"DCP checkpoint {folder} ('{prefix}*')")
-        model.to_empty(device=device)
-        load_dcp({prefix + k: v for k, v in model.state_dict().items()}, folder, trust_checkpoint=trust_checkpoint)
-        what = f"'{prefix}*'"
+        prefix, chosen = _dcp_entries(shapes, weights, folder)
+        source = f"DCP checkpoint {folder} ('{prefix}*')"
+        if not lora_lib.is_injected(list(chosen)):
+            check_keys(expected, {name: shapes[key].size for name, key in chosen.items()}, source)
+            model.to_empty(device=device)
+            params = model.state_dict()
+            load_dcp({key: params[name] for name, key in chosen.items()}, folder, trust_checkpoint=trust_checkpoint)
+            log.info("loaded DiT weights '%s*' from %s (%s, %s)", prefix, checkpoint, dtype, device)
+            return model
+        sd = read_state_dict(folder, weights=weights, trust_checkpoint=trust_checkpoint)
     else:
         prefix, sd = _read_pt(Path(checkpoint), weights, trust_checkpoint)
-        check_keys(expected, {k: v.shape for k, v in sd.items()}, f"checkpoint {checkpoint} ('{prefix}*')")
-        targets = model.state_dict()
-        model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
-        what = f"'{prefix}*'"
-    log.info("loaded DiT weights %s from %s (%s, %s)", what, checkpoint, dtype, device)
+        source = f"checkpoint {checkpoint} ('{prefix}*')"
+    if lora_lib.is_injected(list(sd)):
+        recorded = lora_lib.recorded_config(checkpoint)
+        if recorded is not None:  # what the run trained with beats any recipe's guess
+            _, lora = lora_lib.read_config(recorded)
+        lora = lora if lora is not None else LoraConfig()
+        sd = lora_lib.merge_injected(sd, lora, source)
+        log.info("merged the LoRA adapters of %s (rank %d, alpha %g, from %s)", source, lora.rank, lora.alpha,
+                 recorded or "[lora]")
+    check_keys(expected, {k: v.shape for k, v in sd.items()}, source)
+    targets = model.state_dict()
+    model.load_state_dict({k: v.to(device=device, dtype=targets[k].dtype) for k, v in sd.items()}, assign=True)
+    log.info("loaded DiT weights '%s*' from %s (%s, %s)", prefix, checkpoint, dtype, device)
     return model
 
 

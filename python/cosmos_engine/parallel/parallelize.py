@@ -65,15 +65,19 @@ def apply_activation_checkpointing(model: nn.Module, mode: Mode) -> nn.Module:
     return model
 
 
+def _mesh(world_size: int, device: torch.device, max_shard: int):
+    shard = min(max_shard, world_size)
+    if world_size % shard:
+        raise ValueError(f"world size {world_size} is not a multiple of the shard size {shard}")
+    return init_device_mesh(device.type, (world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
 def apply_fsdp(model: nn.Module, world_size: int, device: torch.device, max_shard: int = 8) -> nn.Module:
     """FSDP2 as the official 2B recipe shards the DiT: a (replicate, shard) mesh with shard = min(8, world),
     `fully_shard` on every block (the last one kept unsharded after forward, since backward needs it
     first), on the final layer and on the timestep MLP, then on the root (patch embedding, text
     projection, norms). Call after activation checkpointing. Returns `model`, sharded in place."""
-    shard = min(max_shard, world_size)
-    if world_size % shard:
-        raise ValueError(f"world size {world_size} is not a multiple of the shard size {shard}")
-    mesh = init_device_mesh(device.type, (world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
+    mesh = _mesh(world_size, device, max_shard)
     blocks = list(model.blocks)
     for i, block in enumerate(blocks):
         fully_shard(block, mesh=mesh, reshard_after_forward=i < len(blocks) - 1)
@@ -81,4 +85,11 @@ def apply_fsdp(model: nn.Module, world_size: int, device: torch.device, max_shar
     # The forward calls the timestep MLP module itself (not the t_embedder Sequential), so that is the unit.
     fully_shard(model.t_embedder[1], mesh=mesh, reshard_after_forward=False)
     fully_shard(model, mesh=mesh)
+    return model
+
+
+def apply_fsdp_flat(model: nn.Module, world_size: int, device: torch.device, max_shard: int = 8) -> nn.Module:
+    """FSDP2 on the root only, on the mesh `apply_fsdp` uses: for modules that are never run, such as a LoRA
+    run's EMA of the adapters, whose shards then sit where the net's adapter shards are. Returns `model`."""
+    fully_shard(model, mesh=_mesh(world_size, device, max_shard))
     return model

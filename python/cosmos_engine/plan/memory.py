@@ -11,6 +11,10 @@ S = min(8, world size) ranks by FSDP2 (parallel/parallelize.py; replicated acros
   all divided by S; with S > 1 the unsharded parameters of the block being computed and of the one
   prefetched (2 blocks, and the last block that stays unsharded after forward) are added.
 
+LoRA ([lora] enabled; models/lora.py): the frozen base keeps P_base x e_base (model.dtype; fp32 with
+precision "fp32") and has no gradients, moments or EMA; the P_a adapter parameters (r (in + out) per adapted
+layer) are fp32 with fp32 gradients, AdamW moments (8 P_a) and EMA (4 P_a), all sharded alike.
+
 Activations saved for backward (models/cosmos_dit.py Block.forward; measured with saved-tensor hooks and
 malloc accounting on the tiny DiT, tests/test_plan.py checks the formula). Per block and sample:
   none:      L (18 D e + 2 H e + (5h + 6) 4) + N (3 D e + 4h)
@@ -21,6 +25,11 @@ malloc accounting on the tiny DiT, tests/test_plan.py checks the formula). Per b
              softmax statistics; the cross-attention k (before and after its norm) and v over the text.
   full:      L D e (the block's input; backward recomputes the rest)
   selective: L D e + 2 (L D e + 4 L h) (the input and both attention kernels' outputs and log-sum-exps)
+  LoRA adds, per adapted layer with T input tokens (L, or N for the cross-attention k and v): its
+             down-projection's output T r 4 (kept for the up-projection's gradient), and, with a base that is
+             not fp32, the fp32 copy of its input T C_in 4 that PEFT makes for the adapter (an upper bound:
+             some base-dtype tensors the frozen layers no longer need are then freed). The frozen patch
+             embedding, text projection and final linear keep no inputs (see shared_activation_bytes).
 Shared by all blocks: the RoPE table 2 L d 4, the patch embedding input L C_patch e, and the text
 projection's input and outputs N (C_text + 2 Dc) e. The final layer (an fp32 island) keeps 2 L D 4 (none) or
 L D e (checkpointed). With checkpointing, backward recomputes one block at a time: one block of the "none"
@@ -71,6 +80,7 @@ DCP_MODEL_BYTES_PER_ENTRY = 1810
 DCP_OPTIM_BYTES_PER_ENTRY = 1495
 OPTIM_ENTRIES_PER_TENSOR = 15  # exp_avg, exp_avg_sq, step + AdamW's 12 param-group values (flattened)
 SCHEDULER_AND_TRAINER_BYTES = 21_050
+LORA_CONFIG_BYTES = 1_400  # adapter_config.json beside a LoRA checkpoint's parts
 
 
 def latent_thw(frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -100,6 +110,45 @@ def dit_sizes(flavor: str, dtype_bytes: int) -> dict:
     state_fp32 = sum(t.numel() * (t.element_size() if not t.is_floating_point() else 4) for t in entries.values())
     return {"params": params, "block_params": block, "state_bytes": state, "state_bytes_fp32": state_fp32,
             "entries": len(entries), "param_tensors": sum(1 for _ in net.parameters())}
+
+
+@functools.cache
+def lora_sizes(flavor: str, rank: int, targets: tuple[str, ...]) -> dict:
+    """The adapters a [lora] table adds to the DiT, from the network on the meta device: parameter count, the
+    number of adapted layers, and per block the (token kind, input width) of each adapted layer ("video" for
+    the L video tokens, "text" for the N text tokens), plus those of the layers outside the blocks."""
+    import torch
+
+    from cosmos_engine.config.schema import LoraConfig
+    from cosmos_engine.models import lora
+    from cosmos_engine.models.cosmos_dit import CosmosDiT
+    from cosmos_engine.models.flavors import dit_config
+
+    with torch.device("meta"):
+        net = CosmosDiT(dit_config(flavor))
+    cfg = LoraConfig(enabled=True, rank=rank, target_modules=targets)
+    modules = dict(net.named_modules())
+    layers = lora.target_layers(net, cfg)
+
+    def kind(name: str) -> str:
+        text = name.startswith("crossattn_proj") or ".cross_attn.k_proj" in name or ".cross_attn.v_proj" in name
+        return "text" if text else "video"
+
+    return {"params": lora.adapter_parameter_count(net, cfg), "layers": len(layers),
+            "block": [(kind(n), modules[n].in_features) for n in layers if n.startswith("blocks.0.")],
+            "outside": [(kind(n), modules[n].in_features) for n in layers if not n.startswith("blocks.")]}
+
+
+def lora_activation_bytes(adapted: list[tuple[str, int]], L: int, N: int, rank: int, e: int,
+                          inputs_counted: bool = True) -> int:
+    """What the adapters of `adapted` layers ((token kind, input width), see `lora_sizes`) keep for backward,
+    per sample (see the module docstring). `inputs_counted`: the layers' inputs are kept anyway (a block's,
+    in its formula), so only an fp32 copy of a non-fp32 input adds to them."""
+    total = 0
+    for kind, width in adapted:
+        tokens = N if kind == "text" else L
+        total += tokens * rank * 4 + (tokens * width * 4 if e != 4 or not inputs_counted else 0)
+    return total
 
 
 @functools.cache
@@ -153,13 +202,16 @@ def block_activation_bytes(cfg, L: int, N: int, e: int, mode: str) -> int:
     raise ValueError(f"activation_checkpointing must be none, full or selective, got {mode!r}")
 
 
-def shared_activation_bytes(cfg, L: int, N: int, e: int, mode: str) -> int:
-    """Bytes kept once per sample: RoPE table, patch-embedding input, text projection, final layer."""
+def shared_activation_bytes(cfg, L: int, N: int, e: int, mode: str, frozen: bool = False) -> int:
+    """Bytes kept once per sample: RoPE table, patch-embedding input, text projection, final layer.
+    `frozen` (a LoRA run): the frozen patch embedding, text projection and final linear keep no input for a
+    weight gradient (an adapter on one of them keeps its own, see `lora_activation_bytes`)."""
     d, D = cfg.head_dim, cfg.model_channels
-    patch = cfg.patch_in_channels * cfg.patch_spatial ** 2 * cfg.patch_temporal
-    text = N * (cfg.crossattn_proj_in_channels + 2 * cfg.crossattn_emb_channels) * e if cfg.use_crossattn_projection \
+    patch = 0 if frozen else cfg.patch_in_channels * cfg.patch_spatial ** 2 * cfg.patch_temporal
+    text_in = 0 if frozen else cfg.crossattn_proj_in_channels
+    text = N * (text_in + 2 * cfg.crossattn_emb_channels) * e if cfg.use_crossattn_projection \
         else N * cfg.crossattn_emb_channels * e
-    final = 2 * L * D * 4 if mode == "none" else L * D * e
+    final = (1 if frozen else 2) * L * D * 4 if mode == "none" else L * D * e
     return 2 * L * d * 4 + L * patch * e + text + final
 
 
@@ -195,18 +247,27 @@ def shard_size(world_size: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- on disk
-def checkpoint_bytes(flavor: str, precision: str, param_bytes: int, ema: bool) -> int:
+def checkpoint_bytes(flavor: str, precision: str, param_bytes: int, ema: bool, lora: dict | None = None) -> int:
     """Bytes of one checkpoint folder's files (train/checkpoint.py PARTS): model/ (net.* in the training
     dtype, net_ema.* in fp32), optim/ (flattened: per parameter tensor the two AdamW moments in the
     parameter dtype, an fp32 step and 12 param-group values), scheduler/ and trainer/ (a few scalars), plus
-    DCP's bytes per entry (its data-file framing and `.metadata`)."""
-    sizes = dit_sizes(flavor, param_bytes if precision == "bf16" else 4)
-    p = param_bytes if precision == "bf16" else 4
-    tensors = sizes["param_tensors"]
-    model_entries = sizes["entries"] * (2 if ema else 1)
-    model = sizes["state_bytes"] + (sizes["state_bytes_fp32"] if ema else 0) + model_entries * DCP_MODEL_BYTES_PER_ENTRY
-    optim = sizes["params"] * 2 * p + tensors * 4 + tensors * OPTIM_ENTRIES_PER_TENSOR * DCP_OPTIM_BYTES_PER_ENTRY
-    return model + optim + SCHEDULER_AND_TRAINER_BYTES
+    DCP's bytes per entry (its data-file framing and `.metadata`).
+    A LoRA run (`lora` = `lora_sizes(...)`, `param_bytes` the frozen base's): net.* is the base plus the fp32
+    adapters (two tensors per adapted layer), net_ema.* and the optimizer hold the adapters only, and the
+    adapter config file sits beside the parts."""
+    sizes = dit_sizes(flavor, param_bytes)
+    if lora is None:
+        p = param_bytes
+        tensors = sizes["param_tensors"]
+        model_entries = sizes["entries"] * (2 if ema else 1)
+        model = sizes["state_bytes"] + (sizes["state_bytes_fp32"] if ema else 0) + model_entries * DCP_MODEL_BYTES_PER_ENTRY
+        optim = sizes["params"] * 2 * p + tensors * 4 + tensors * OPTIM_ENTRIES_PER_TENSOR * DCP_OPTIM_BYTES_PER_ENTRY
+        return model + optim + SCHEDULER_AND_TRAINER_BYTES
+    tensors, adapters = 2 * lora["layers"], lora["params"] * 4
+    model_entries = sizes["entries"] + tensors * (2 if ema else 1)
+    model = sizes["state_bytes"] + adapters * (2 if ema else 1) + model_entries * DCP_MODEL_BYTES_PER_ENTRY
+    optim = adapters * 2 + tensors * 4 + tensors * OPTIM_ENTRIES_PER_TENSOR * DCP_OPTIM_BYTES_PER_ENTRY
+    return model + optim + SCHEDULER_AND_TRAINER_BYTES + LORA_CONFIG_BYTES
 
 
 def latent_cache_bytes(frames: int, height: int, width: int, e: int, windows: int) -> int:

@@ -231,7 +231,9 @@ def _train(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
     world = gpus * nodes
     shard = mem.shard_size(world) if world > 1 else 1
     model_bytes = _dtype_bytes(m.dtype)
-    param_bytes = model_bytes if train.precision == "bf16" else 4
+    lora = mem.lora_sizes(m.flavor, recipe.lora.rank, recipe.lora.target_modules) if recipe.lora.enabled else None
+    # The trained (or, with LoRA, the frozen base's) parameter dtype, as train/trainer.py build_model sets it.
+    param_bytes = model_bytes if train.precision == "bf16" or (lora and train.precision == "fp32-master") else 4
     e = 4 if train.precision == "fp32" else 2  # activations: fp32, or bf16 (params bf16, or autocast)
     if train.precision == "bf16" and m.dtype == "float32":
         e = 4
@@ -240,22 +242,42 @@ def _train(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
     thw = mem.latent_thw(data.num_frames, data.height, data.width)
     L, N, B = mem.tokens_of(cfg, thw), TEXT_TOKENS, train.batch_size
     mode = m.activation_checkpointing
-    per_param = mem.state_bytes_per_param(train.precision, param_bytes)
     sharded = f"/ {shard} (FSDP2 shard)" if shard > 1 else "(one rank, no sharding)"
-    step = [Line("parameters", P * per_param["parameters"] / shard, f"{P:,} x {per_param['parameters']} B {sharded}"),
-            Line("gradients", P * per_param["gradients"] / shard, f"{P:,} x {per_param['gradients']} B {sharded}"),
-            Line("AdamW moments", P * per_param["adamw_moments"] / shard,
-                 f"2 x {P:,} x {per_param['adamw_moments'] // 2} B {sharded}")]
+    if lora is None:
+        per_param = mem.state_bytes_per_param(train.precision, param_bytes)
+        step = [Line("parameters", P * per_param["parameters"] / shard, f"{P:,} x {per_param['parameters']} B {sharded}"),
+                Line("gradients", P * per_param["gradients"] / shard, f"{P:,} x {per_param['gradients']} B {sharded}"),
+                Line("AdamW moments", P * per_param["adamw_moments"] / shard,
+                     f"2 x {P:,} x {per_param['adamw_moments'] // 2} B {sharded}")]
+        trained = P
+    else:
+        trained = lora["params"]
+        step = [Line("frozen base parameters", P * param_bytes / shard, f"{P:,} x {param_bytes} B {sharded}"),
+                Line("LoRA adapters (fp32)", trained * 4 / shard,
+                     f"{trained:,} x 4 B (rank {recipe.lora.rank}, {lora['layers']} layers) {sharded}"),
+                Line("adapter gradients", trained * 4 / shard, f"{trained:,} x 4 B {sharded}"),
+                Line("adapter AdamW moments", trained * 8 / shard, f"2 x {trained:,} x 4 B {sharded}")]
     if train.ema:
-        step.append(Line("EMA (fp32)", P * 4 / shard, f"{P:,} x 4 B {sharded}"))
+        what = "EMA (fp32)" if lora is None else "adapter EMA (fp32)"
+        step.append(Line(what, trained * 4 / shard, f"{trained:,} x 4 B {sharded}"))
     if shard > 1:
         step.append(Line("unsharded blocks (FSDP all-gather)", 3 * sizes["block_params"] * param_bytes,
                          "the block computed, the one prefetched, the last (kept after forward)"))
-    per_block = mem.block_activation_bytes(cfg, L, N, e, mode)
-    step.append(Line(f"activations ({mode})", B * (cfg.num_blocks * per_block + mem.shared_activation_bytes(cfg, L, N, e, mode)),
-                     f"{cfg.num_blocks} blocks x {mem.bytes_human(B * per_block)} + shared; {B} x {L} tokens, {e} B"))
+    rank = recipe.lora.rank
+
+    def block_bytes(checkpointing: str) -> int:
+        adapters = mem.lora_activation_bytes(lora["block"], L, N, rank, e) if lora and checkpointing == "none" else 0
+        return mem.block_activation_bytes(cfg, L, N, e, checkpointing) + adapters
+
+    per_block = block_bytes(mode)
+    shared = mem.shared_activation_bytes(cfg, L, N, e, mode, frozen=lora is not None)
+    if lora:
+        shared += mem.lora_activation_bytes(lora["outside"], L, N, rank, e, inputs_counted=False)
+    step.append(Line(f"activations ({mode})", B * (cfg.num_blocks * per_block + shared),
+                     f"{cfg.num_blocks} blocks x {mem.bytes_human(B * per_block)} + shared; {B} x {L} tokens, {e} B"
+                     + (", LoRA inputs included" if lora else "")))
     if mode != "none":
-        step.append(Line("recomputed block (backward)", B * mem.block_activation_bytes(cfg, L, N, e, "none"),
+        step.append(Line("recomputed block (backward)", B * block_bytes("none"),
                          "one block's activations, rebuilt during its backward"))
     step.append(Line("backward transient", B * mem.backward_transient_bytes(cfg, L, e), "gradients of the [L, H] pair"))
     step.append(Line("attention workspace", B * 2 * L * cfg.num_heads * 4, "flash-style: O(L) statistics"))
@@ -289,8 +311,9 @@ def _train(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
         host.append(Line("initial weights (build)", P * param_bytes, "full state dict in host memory while sharding"))
 
     windows = cache_state.get("windows", 1) or 1
-    ckpt_bytes = mem.checkpoint_bytes(m.flavor, train.precision, param_bytes, train.ema)
-    disk = [Line("checkpoint (one)", ckpt_bytes, "model (net + fp32 EMA), optim, scheduler, trainer"),
+    ckpt_bytes = mem.checkpoint_bytes(m.flavor, train.precision, param_bytes, train.ema, lora)
+    held = "model (net + fp32 EMA), optim" if lora is None else "model (base + adapters + adapter EMA), adapter optim"
+    disk = [Line("checkpoint (one)", ckpt_bytes, f"{held}, scheduler, trainer"),
             Line(f"checkpoints x keep_last={ckpt.keep_last}", ckpt_bytes * ckpt.keep_last, "")]
     if data.cache == "windows":
         disk.append(Line("latent cache", mem.latent_cache_bytes(data.num_frames, data.height, data.width, model_bytes, windows),
@@ -300,17 +323,23 @@ def _train(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
 
     flops = dit_forward_flops_by_kind(cfg, thw, N)
     recompute = {"none": (0.0, 0.0), "selective": (1.0, 0.0), "full": (1.0, 1.0)}[mode]
-    gemm_flops = B * flops["gemm"] * (3.0 + recompute[0])
+    # Backward computes input gradients (1x the forward) and weight gradients (1x): a frozen base needs no
+    # weight gradients, its adapters' cost is negligible beside the base's GEMMs.
+    gemm_passes = 3.0 if lora is None else 2.0
+    gemm_flops = B * flops["gemm"] * (gemm_passes + recompute[0])
     attn_flops = B * flops["attention"] * (3.5 + recompute[1])
     D, H = cfg.model_channels, int(cfg.model_channels * cfg.mlp_ratio)
     elementwise = B * cfg.num_blocks * L * (21 * D + 2 * H) * e * (3.0 + recompute[0])
-    optimizer = P / shard * (7 * param_bytes + 2 * param_bytes)  # AdamW read/write + clip's read of the grads
-    ema = P / shard * (8 + param_bytes) if train.ema else 0.0
+    state_bytes = param_bytes if lora is None else 4  # of the trained parameters
+    optimizer = trained / shard * (7 * state_bytes + 2 * state_bytes)  # AdamW read/write + clip's read of the grads
+    ema = trained / shard * (8 + state_bytes) if train.ema else 0.0
     parts = {"GEMMs (forward, backward, recompute)": gemm_flops / dev.gemm.value,
              "attention": attn_flops / dev.attention.value,
              "memory-bound elementwise": elementwise / dev.bandwidth.value,
              "clip + AdamW": optimizer / dev.bandwidth.value, "EMA": ema / dev.bandwidth.value}
     settings = {"flavor": m.flavor, "precision": train.precision, "dtype": m.dtype, "activation_checkpointing": mode,
+                "lora": {"rank": rank, "alpha": recipe.lora.alpha, "layers": lora["layers"],
+                         "trainable_params": trained} if lora else None,
                 "batch_size": B, "frames": data.num_frames, "height": data.height, "width": data.width,
                 "latent_thw": list(thw), "tokens": L, "text_tokens": N, "cache": data.cache, "vae_tiled": m.vae_tiled,
                 "shard": shard, "cache_state": cache_state}
@@ -411,11 +440,13 @@ def _advice(recipe: Recipe, job: str, plan: Plan, cache_state: dict) -> list[dic
                     fits = make_plan(state["recipe"], job, gpu, count, 1, cache_state, advise=False).fits
                     if fits or count == 8:
                         step(f"--gpus {count}", "FSDP2 shards the training state over up to 8 ranks", gpus=count, nodes=1)
-        if not _fits(state, job, gpu, cache_state):
-            advice.append({"change": "LoRA instead of full fine-tuning", "peak_bytes": None, "fits": None,
-                           "why": "not available yet in cosmos-engine"})
-            if not recipe.model.vae_tiled:  # the cache build (or the online encode) holds the VAE's activations
-                step("--set model.vae_tiled=true", recipe=_with(state["recipe"], "model", vae_tiled=True))
+        if not recipe.lora.enabled and not _fits(state, job, gpu, cache_state):
+            step("--set lora.enabled=true", f"LoRA rank {recipe.lora.rank} instead of full fine-tuning: only the "
+                 "adapters have gradients, AdamW moments and an EMA",
+                 recipe=_with(state["recipe"], "lora", enabled=True))
+        if not recipe.model.vae_tiled and not _fits(state, job, gpu, cache_state):
+            # the cache build (or the online encode) holds the VAE's activations
+            step("--set model.vae_tiled=true", recipe=_with(state["recipe"], "model", vae_tiled=True))
         if recipe.train.batch_size > 1 and not _fits(state, job, gpu, cache_state):
             step("--set train.batch_size=1", recipe=_with(state["recipe"], "train", batch_size=1))
     else:

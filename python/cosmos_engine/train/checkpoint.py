@@ -90,8 +90,9 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.trust_checkpoint = trust_checkpoint  # read pickled objects in the parts (--trust-checkpoint)
 
-    def save(self, iteration: int, parts: Mapping[str, dict[str, Any]]) -> Path:
-        """Save the state dicts of PARTS (collective: every rank calls it) and return the final folder."""
+    def save(self, iteration: int, parts: Mapping[str, dict[str, Any]], files: Mapping[str, str] | None = None) -> Path:
+        """Save the state dicts of PARTS (collective: every rank calls it) and return the final folder.
+        `files` (name -> text) are written beside the parts, published with them (a LoRA run's adapter config)."""
         missing = set(PARTS) - set(parts)
         if missing:
             raise ValueError(f"checkpoint parts missing: {sorted(missing)}")
@@ -106,6 +107,9 @@ class CheckpointManager:
             for name in PARTS:
                 _dcp_save(parts[name], staging / name)
                 _maybe_die_during_save(iteration)
+            if _rank() == 0:
+                for name, text in (files or {}).items():
+                    atomic_write(staging / name, text)
         except (OSError, RuntimeError, CheckpointException) as exc:
             causes = [cause for cause, _ in exc.failures.values()] if isinstance(exc, CheckpointException) else [exc]
             if not disk_full(causes, self.dir):

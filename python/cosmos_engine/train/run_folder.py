@@ -75,6 +75,10 @@ def fingerprint(recipe: Recipe) -> dict[str, Any]:
 
 
 def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose value differs. A key the record lacks is one added to the schema after the run started: the
+    run trained with its default then, so it has changed only when the current value is not the default."""
+    defaults = fingerprint(Recipe())
+    recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
     return sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
 
 

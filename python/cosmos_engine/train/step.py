@@ -44,9 +44,11 @@ def draw(generator: torch.Generator, latent_shape: torch.Size, text_dropout: flo
 
 
 def draw_for_samples(seed: int, step: int, sample_indices: list[int], latent_shape: torch.Size,
-                     text_dropout: float) -> StepDraws:
+                     text_dropout: float,
+                     conditional_frames_probs: dict[int, float] = fm.CONDITIONAL_FRAMES_PROBS) -> StepDraws:
     """The draws of the given global samples of `step`, each from its own generator, stacked as a batch."""
-    per_sample = [draw(sample_generator(seed, step, i), (1, *latent_shape[1:]), text_dropout) for i in sample_indices]
+    per_sample = [draw(sample_generator(seed, step, i), (1, *latent_shape[1:]), text_dropout, conditional_frames_probs)
+                  for i in sample_indices]
     return StepDraws(*(torch.cat(parts) for parts in zip(*(vars(d).values() for d in per_sample))))
 
 

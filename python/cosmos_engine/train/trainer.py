@@ -3,7 +3,9 @@
 Build order (torchtitan's): the DiT on the meta device -> activation checkpointing -> FSDP2 per block and
 then the root on a (replicate, shard) mesh (several ranks) -> materialize -> load the initial weights
 (or the official random init) -> fp32 EMA copy -> AdamW + schedule -> resume from the run's newest
-complete checkpoint. The frozen VAE and text encoder sit outside the sharded DiT; with `cache = "windows"`
+complete checkpoint. With [lora] enabled, PEFT adapters are injected into the DiT before activation
+checkpointing (after the weights are loaded, on one rank); only they train, and the EMA and the optimizer
+hold only them (see `build_model`). The frozen VAE and text encoder sit outside the sharded DiT; with `cache = "windows"`
 they run once per window and caption before the first step, never inside it.
 
 Each step: batch (cached latents + text embeddings) -> the step's random draws (a function of seed, step
@@ -33,13 +35,14 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
 
 from cosmos_engine.atomic import remove_stale_temporaries
-from cosmos_engine.config.schema import ModelConfig, Recipe, TrainConfig
+from cosmos_engine.config.schema import LoraConfig, ModelConfig, Recipe, TrainConfig
 from cosmos_engine.errors import UserError
 from cosmos_engine.models.cosmos_dit import CosmosDiT
 from cosmos_engine.models.flavors import dit_config, parameter_dtype
+from cosmos_engine.models import lora as lora_lib
 from cosmos_engine.models.state_dict import build_dit
 from cosmos_engine.parallel.distributed import Distributed, setup_distributed
-from cosmos_engine.parallel.parallelize import apply_activation_checkpointing, apply_fsdp
+from cosmos_engine.parallel.parallelize import apply_activation_checkpointing, apply_fsdp, apply_fsdp_flat
 from cosmos_engine.train import ema as ema_lib
 from cosmos_engine.train import optim, step as step_lib
 from cosmos_engine.train.checkpoint import CheckpointManager
@@ -65,7 +68,7 @@ class Diffusion(nn.Module):
 
 
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distributed, seed: int,
-                trust_checkpoint: bool = False) -> Diffusion:
+                trust_checkpoint: bool = False, lora_cfg: LoraConfig | None = None) -> Diffusion:
     """The DiT and its fp32 EMA, checkpointed and (several ranks) sharded, with the initial weights.
 
     One process: built on the meta device, materialized, loaded or initialised (`build_dit`), wrapped.
@@ -74,8 +77,15 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
     host memory and each rank copies its shards from them, so no device ever holds the whole model.
     train.precision "bf16": parameters in model.dtype (the official pure-bf16 mode; gradients and Adam moments
     follow the parameters); "fp32-master" and "fp32": fp32 parameters, gradients and moments (fp32-master
-    computes in bf16 under autocast, see `compute_context`)."""
-    dtype = parameter_dtype(model_cfg.dtype) if train_cfg.precision == "bf16" else torch.float32
+    computes in bf16 under autocast, see `compute_context`).
+
+    With [lora] enabled the DiT gets PEFT adapters (models/lora.py) after its weights are loaded, seeded like
+    the random init; only they train, in fp32. The frozen base is kept in model.dtype unless precision is
+    "fp32" (it has no gradients or moments, so "fp32-master" gains nothing from an fp32 copy of it), and the
+    EMA averages the adapters only (`ema.adapter_ema`)."""
+    lora_on = lora_cfg is not None and lora_cfg.enabled
+    full_dtype = train_cfg.precision == "bf16" or (lora_on and train_cfg.precision == "fp32-master")
+    dtype = parameter_dtype(model_cfg.dtype) if full_dtype else torch.float32
     cfg = dit_config(model_cfg.flavor)
 
     def initial_weights() -> nn.Module:
@@ -84,29 +94,43 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, dist_info: Distr
             torch.manual_seed(seed)
             # The training weights `net.*` (the official post-training init: a released `.pt` holds only
             # those; from a file with an EMA too, the EMA copy need not be read: beta is 0 at the first update).
-            return build_dit(cfg, model_cfg.checkpoint or None, device="cpu" if dist_info.world_size > 1
-                             else dist_info.device, dtype=dtype, weights="net", trust_checkpoint=trust_checkpoint)
+            net = build_dit(cfg, model_cfg.checkpoint or None, device="cpu" if dist_info.world_size > 1
+                            else dist_info.device, dtype=dtype, weights="net", trust_checkpoint=trust_checkpoint,
+                            lora=lora_cfg)
+            return lora_lib.inject_lora(net, lora_cfg) if lora_on else net
+
+    def ema_of(net: nn.Module) -> nn.Module:
+        if lora_on:
+            return ema_lib.adapter_ema(net)
+        if next(net.parameters()).is_meta:  # called under the meta device
+            return CosmosDiT(cfg).float().requires_grad_(False)
+        return copy.deepcopy(net).float().requires_grad_(False)
 
     if dist_info.world_size == 1:
         net = initial_weights()
-        net_ema = copy.deepcopy(net).float().requires_grad_(False) if train_cfg.ema else None
+        net_ema = ema_of(net) if train_cfg.ema else None
         apply_activation_checkpointing(net, model_cfg.activation_checkpointing)
         return Diffusion(net, net_ema)
 
     with torch.device("meta"):
         net = CosmosDiT(cfg).to(dtype)
-        net_ema = CosmosDiT(cfg).float().requires_grad_(False) if train_cfg.ema else None
+        if lora_on:
+            lora_lib.inject_lora(net, lora_cfg)
+        net_ema = ema_of(net) if train_cfg.ema else None
     apply_activation_checkpointing(net, model_cfg.activation_checkpointing)
+    apply_fsdp(net, dist_info.world_size, dist_info.device)
+    if net_ema is not None:
+        (apply_fsdp_flat if lora_on else apply_fsdp)(net_ema, dist_info.world_size, dist_info.device)
     for module in (net, net_ema):
         if module is not None:
-            apply_fsdp(module, dist_info.world_size, dist_info.device)
             module.to_empty(device=dist_info.device)
     full = initial_weights().state_dict()  # host memory (a .pt checkpoint is memory-mapped, shared by ranks)
     whole = StateDictOptions(full_state_dict=True)  # each rank copies its own shard out of the full tensors
     set_model_state_dict(net, full, options=whole)
     if net_ema is not None:
-        set_model_state_dict(net_ema, {k: v.float() if v.is_floating_point() else v for k, v in full.items()},
-                             options=whole)
+        ema_keys = {k for k, _ in net_ema.named_parameters()} if lora_on else full.keys()
+        set_model_state_dict(net_ema, {k: v.float() if v.is_floating_point() else v for k, v in full.items()
+                                       if k in ema_keys}, options=whole)
     return Diffusion(net, net_ema)
 
 
@@ -146,9 +170,11 @@ def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequ
         remove_stale_temporaries(run_dir)
     latest = manager.latest() if ckpt_cfg.resume else None  # before the expensive set-up: a hostile file stops here
 
+    if recipe.lora.enabled:  # a wrong target or rank is reported before the cache is built
+        lora_lib.check_targets(dit_config(model_cfg.flavor), recipe.lora)
     data = build_training_data(model_cfg, data_cfg, train_cfg, job.seed, dist_info.rank, dist_info.world_size,
                                dist_info.device)
-    model = build_model(model_cfg, train_cfg, dist_info, job.seed, trust_checkpoint)
+    model = build_model(model_cfg, train_cfg, dist_info, job.seed, trust_checkpoint, recipe.lora)
     opt = optim.build_optimizer(model.net.parameters(), lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
                                 weight_decay=train_cfg.weight_decay)
     scheduler = optim.build_scheduler(opt, train_cfg.warmup_steps)
@@ -158,6 +184,8 @@ def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequ
         return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt, options=sd_options),
                 "scheduler": scheduler.state_dict(), "trainer": _trainer_state(iteration, data)}
 
+    # A LoRA run's checkpoints carry its adapter config (PEFT's adapter_config.json), for `convert`.
+    extra_files = {lora_lib.CONFIG_FILE: lora_lib.config_json(recipe.lora)} if recipe.lora.enabled else {}
     start = 0
     if latest is not None:
         state = parts(0)
@@ -186,14 +214,15 @@ def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequ
         for iteration in range(start, train_cfg.max_steps):
             signum = stop.requested()  # collective: every rank stops at the same step
             if signum:
-                _stop(signum, iteration, saved, manager, parts)
+                _stop(signum, iteration, saved, manager, lambda done: manager.save(done, parts(done), extra_files))
             clock = PhaseClock(dist_info.device)
             x0, text = next(data)
             clock.lap("data")
             global_batch = train_cfg.batch_size * dist_info.world_size
             samples = [iteration * global_batch + dist_info.rank * train_cfg.batch_size + i
                        for i in range(train_cfg.batch_size)]
-            draws = step_lib.draw_for_samples(job.seed, iteration, samples, x0.shape, train_cfg.text_dropout)
+            draws = step_lib.draw_for_samples(job.seed, iteration, samples, x0.shape, train_cfg.text_dropout,
+                                              dict(enumerate(train_cfg.conditional_frames_probs)))
             with compute_context(train_cfg.precision, dist_info.device):
                 loss, _ = step_lib.forward_loss(model.net, x0, text, draws)
             loss_value = _global_mean(loss.detach())
@@ -219,7 +248,7 @@ def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequ
                 record = metrics.record(done, loss_value, float(norm), lr, train_cfg.batch_size, times)
                 progress.update(done, record)
             if done % ckpt_cfg.save_every == 0 or done == train_cfg.max_steps:
-                manager.save(done, parts(done))
+                manager.save(done, parts(done), extra_files)
                 saved = done
     finally:
         metrics.close()
@@ -227,10 +256,10 @@ def _train(recipe: Recipe, run_dir: Path, dist_info: Distributed, stop: StopRequ
     return record
 
 
-def _stop(signum: int, done: int, saved: int, manager: CheckpointManager, parts) -> None:
-    """Save the steps done since the last checkpoint (collective) and raise RunStopped."""
+def _stop(signum: int, done: int, saved: int, manager: CheckpointManager, save) -> None:
+    """Save the steps done since the last checkpoint (collective, `save(done)`) and raise RunStopped."""
     if done > saved:
-        folder = manager.save(done, parts(done))
+        folder = save(done)
         what = f"checkpoint {folder.name} saved"
     else:
         latest = manager.latest()
