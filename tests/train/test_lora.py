@@ -302,13 +302,25 @@ def test_an_adapter_for_another_architecture_is_one_clear_error(tmp_path):
         lora.apply_adapters(random_dit(), [(tmp_path / "2b", 1.0)])
 
 
-def test_an_adapter_with_diffusers_key_names_is_refused_for_now(tmp_path):
-    state = {"transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 256),
-             "transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(256, 4)}
-    lora.write_adapter(tmp_path / "diffusers", lora.config_json(LoraConfig(rank=4)), state)
-    with pytest.raises(CheckpointError, match="diffusers key name; LoRA adapters in diffusers' layout are not "
-                                              "supported yet"):
-        lora.apply_adapters(random_dit(), [(tmp_path / "diffusers", 1.0)])
+def test_an_adapter_with_diffusers_key_names_acts_as_the_same_adapter_with_official_names(tmp_path):
+    from cosmos_engine.models.diffusers_format import diffusers_key
+
+    gen = torch.Generator().manual_seed(3)
+    official = {f"blocks.{b}.{m}.lora_{p}.weight": torch.randn(shape, generator=gen) * 0.05
+                for b in (0, 1) for m in ("self_attn.q_proj", "mlp.layer2")
+                for p, shape in (("A", (4, 256 if m != "mlp.layer2" else 512)), ("B", (256, 4)))}
+    lora.write_adapter(tmp_path / "official", lora.config_json(LoraConfig(rank=4)), official)
+    # As the diffusers recipe saves it: diffusers module names under PEFT's `transformer.` prefix.
+    renamed = {"transformer." + diffusers_key(k): v for k, v in official.items()}
+    assert "transformer.transformer_blocks.1.ff.net.2.lora_B.weight" in renamed
+    lora.write_adapter(tmp_path / "diffusers", lora.config_json(LoraConfig(rank=4)), renamed)
+    outs = [output(lora.apply_adapters(random_dit(), [(tmp_path / folder, 1.0)])) for folder in ("official", "diffusers")]
+    base = output(random_dit())
+    assert torch.equal(outs[0], outs[1]) and not torch.allclose(outs[0], base)
+    bad = {"transformer.transformer_blocks.0.attn9.to_q.lora_A.weight": torch.zeros(4, 256)}
+    lora.write_adapter(tmp_path / "bad", lora.config_json(LoraConfig(rank=4)), bad)
+    with pytest.raises(CheckpointError, match="unknown diffusers DiT key 'transformer_blocks.0.attn9.to_q"):
+        lora.apply_adapters(random_dit(), [(tmp_path / "bad", 1.0)])
 
 
 def test_the_nemo_lora_recipe_is_the_official_lora_experiment_on_the_full_recipe():

@@ -173,15 +173,19 @@ def adapter_state(state: Mapping[str, torch.Tensor], adapter_name: str = ADAPTER
 def adapter_keys_to_official(state: Mapping[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
     """An adapter file's entries keyed in the adapter layout with official module names.
 
-    Accepts PEFT's saved keys (`base_model.model.` prefix, or none) of adapters on our DiT or the official one.
-    Adapters with diffusers' key names are recognised and refused for now, naming a key."""
+    Accepts PEFT's saved keys (`base_model.model.` prefix, or none) of adapters on our DiT or the official one,
+    and adapters with diffusers' key names (as the diffusers Cosmos recipe saves them, with or without a
+    `transformer.` prefix), renamed through the one official <-> diffusers table (models/diffusers_format.py)."""
+    from cosmos_engine.models.diffusers_format import official_key
+
     out = {}
     for key, value in state.items():
         name = key.removeprefix(PEFT_FILE_PREFIX)
         if _DIFFUSERS.search(name) or name.startswith("transformer."):
-            raise CheckpointError(f"{source}: '{key}' is a diffusers key name; LoRA adapters in diffusers' layout "
-                                  "are not supported yet (train the adapter with cosmos-engine, or convert it to "
-                                  "the official names)")
+            try:
+                name = official_key(name.removeprefix("transformer."))
+            except CheckpointError as exc:
+                raise CheckpointError(f"{source}: {exc}") from None
         name = name.removeprefix("net.")
         match = _INJECTED.match(name)
         if match and not _ADAPTER.match(name):  # a saved key that kept its adapter name
