@@ -20,8 +20,10 @@ latents that are nearly constant per channel (per-channel variance ~0.005 of a m
 a few hundred steps learn the clip's latent statistics and the denoising, not its spatial detail: the
 trained MSE (~0.03) stays above that variance and above repeating the first latent frame (~0.008).
 
-Variants (LoRA) are recipe overrides on top of the same clip and the same untrained baseline: add a
-`pytest.param` to VARIANTS.
+LoRA (`lora.enabled=true`, the official rank 32 and targets) adapts a base on the same clip: the official
+init with every weight moved by N(0, 0.05) (from the official init itself the AdaLN gates are zero and the
+adapters inside the blocks get no gradient), 300 steps at 1e-2. Measured, seed 0: MSE 0.969 with the
+converted adapters vs 10.24 for the base alone (threshold 3x).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from cosmos_engine.data.synthetic import DEFAULT_PROMPT
 from cosmos_engine.infer.pipeline import png_bytes, run_infer
 from cosmos_engine.train.data import fill_cache
 from cosmos_engine.train.trainer import post_train
+from cosmos_engine.models.flavors import dit_config
+from cosmos_engine.models.state_dict import build_dit
 
 from tests.train.runs import RECIPE
 
@@ -51,6 +55,10 @@ MIN_GAIN_OVER_UNTRAINED = 20.0
 MIN_GAIN_OVER_ENERGY = 2.0
 
 VARIANTS = [pytest.param((), id="full")]
+# LoRA adapts a base whose blocks are live: from the official init every block's AdaLN gate is zero, so
+# adapters inside the blocks would get no gradient. (A base post-trained on another clip is no use here: the
+# tiny random VAE's latents of any two clips are nearly alike.) The adapters are rank 32 on the official targets.
+LORA_LR, BASE_NOISE, MIN_LORA_GAIN_OVER_BASE = 1e-2, 0.05, 3.0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -89,16 +97,25 @@ def make_clip(folder: Path, seed: int) -> torch.Tensor:
     return cached[(0, 0)]["latent"].float()[None]
 
 
-def train_convert_sample(folder: Path, name: str, seed: int, *overrides: str) -> torch.Tensor:
-    """post_train -> convert -> run_infer with the EMA weights; the generated latent [1, C, T, H, W]."""
-    recipe = clip_recipe(folder, name, seed, *overrides)
-    run_dir = run_dir_for(recipe.job)
-    post_train(recipe, run_dir)
-    _, ema_fp32, _ = convert_checkpoint(run_dir)
-    (result,) = run_infer(recipe.model, dataclasses.replace(recipe.infer, checkpoint_path=str(ema_fp32)),
+def sample(recipe: Recipe, checkpoint: Path) -> torch.Tensor:
+    """run_infer of the recipe's image2world sample with these weights; the generated latent [1, C, T, H, W]."""
+    (result,) = run_infer(recipe.model, dataclasses.replace(recipe.infer, checkpoint_path=str(checkpoint)),
                           progress=False)
     assert torch.isfinite(result.latent).all()
     return result.latent
+
+
+def train_convert(folder: Path, name: str, seed: int, *overrides: str) -> tuple[Recipe, Path]:
+    """post_train -> convert; (the recipe, its model_ema_fp32.pt)."""
+    recipe = clip_recipe(folder, name, seed, *overrides)
+    run_dir = run_dir_for(recipe.job)
+    post_train(recipe, run_dir)
+    return recipe, next(p for p in convert_checkpoint(run_dir) if p.name == "model_ema_fp32.pt")
+
+
+def train_convert_sample(folder: Path, name: str, seed: int, *overrides: str) -> torch.Tensor:
+    """post_train -> convert -> run_infer with the EMA weights; the generated latent [1, C, T, H, W]."""
+    return sample(*train_convert(folder, name, seed, *overrides))
 
 
 def generated_mse(latent: torch.Tensor, clip: torch.Tensor) -> float:
@@ -125,3 +142,22 @@ def test_post_training_on_one_clip_makes_image2world_reproduce_it(clip_and_untra
     assert (trained[:, :, 0] - clip[:, :, 0]).abs().max() < 5e-3, "the condition frame is not the clip's first frame"
     assert mse * MIN_GAIN_OVER_UNTRAINED <= mse_untrained, numbers
     assert mse * MIN_GAIN_OVER_ENERGY <= energy, numbers
+
+
+@pytest.mark.slow
+def test_lora_post_training_on_one_clip_makes_image2world_reproduce_it(clip_and_untrained, tmp_path):
+    folder, clip, _ = clip_and_untrained
+    base = tmp_path / "base.pt"  # the official init with every weight moved, so that no block is gated off
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        net = build_dit(dit_config("tiny"))
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * BASE_NOISE)
+    torch.save({"net." + k: v for k, v in net.state_dict().items()}, base)
+    from_base = sample(clip_recipe(folder, "base_sample", SEED), base)
+    trained = train_convert_sample(folder, "lora", SEED, "lora.enabled=true", f"model.checkpoint={base}",
+                                   f"train.lr={LORA_LR}")
+    mse, mse_base = generated_mse(trained, clip), generated_mse(from_base, clip)
+    assert (trained[:, :, 0] - clip[:, :, 0]).abs().max() < 5e-3, "the condition frame is not the clip's first frame"
+    assert mse * MIN_LORA_GAIN_OVER_BASE <= mse_base, f"MSE with the adapters {mse:.4g}, base alone {mse_base:.4g}"
