@@ -272,6 +272,9 @@ def _convert(args: argparse.Namespace) -> int:
     from cosmos_engine.convert import convert_checkpoint, convert_to_diffusers
     from cosmos_engine.models.flavors import parameter_dtype
 
+    if args.to == "diffusers" and args.merge_lora:
+        raise UserError("--merge-lora applies to the official conversion: convert a LoRA run with --merge-lora "
+                        "first, then export its merged model_ema_fp32.pt with --to diffusers")
     if args.to == "diffusers":
         dtype = parameter_dtype(args.dtype) if args.dtype else None
         paths = convert_to_diffusers(args.checkpoint, args.out_dir, ema=args.ema, dtype=dtype,

@@ -54,6 +54,7 @@ from cosmos_engine.checkpoint_folders import LATEST, is_iteration_name, latest_c
 from cosmos_engine.checksum import file_sha256, sidecar_path, write_sidecar
 from cosmos_engine.config import load_recipe
 from cosmos_engine.config.paths import run_dir_for
+from cosmos_engine.config.schema import LoraConfig
 from cosmos_engine.dcp_io import METADATA_FILE, load_dcp, read_metadata
 from cosmos_engine.errors import CheckpointError
 from cosmos_engine.models import diffusers_format, lora
@@ -263,23 +264,29 @@ def _flavor_of(state: dict[str, torch.Tensor], source: Path) -> DiTConfig:
 def _lora_states(state: dict[str, Any], model_dir: Path, merge: bool) -> tuple[dict[str, Any], tuple[str, dict]]:
     """A LoRA run's model part -> (the state to write, (adapter_config.json text, the adapter to write)).
 
-    The checkpoint holds `net.*` (frozen base + trained adapters, PEFT-injected keys) and `net_ema.*` (the
-    averaged adapters only, train/ema.py). Written as the official LoRA run's files are: `net_ema.*` the whole
+    The checkpoint holds `net.*` (frozen base + trained adapters, PEFT-injected keys) and `net_ema.*` (ours:
+    the averaged adapters only, train/ema.py; the official trainer's: a whole EMA net). Written as the official LoRA run's files are: `net_ema.*` the whole
     EMA net in fp32 (the base, upcast, with the EMA adapters), the EMA files from it; or, with `merge`, both
     nets merged into plain keys. The adapter folder holds the EMA adapters (the training ones without EMA),
     with the run's adapter config, which the trainer saved beside the parts."""
     config_path = model_dir.parent / lora.CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing; the checkpoint has LoRA adapters, and its adapter config "
-                              "(rank, alpha) is saved there by `cosmos-engine run`")
-    config_text, cfg = lora.read_config(config_path)
+    if config_path.is_file():
+        config_text, cfg = lora.read_config(config_path)
+    else:  # the official trainer records no adapter config: its LoRA runs use the official values
+        cfg = LoraConfig()
+        config_text = lora.config_json(cfg)
+        log.warning("%s: missing (not a cosmos-engine run?); taking the official LoRA values, rank %d and alpha %g",
+                    config_path, cfg.rank, cfg.alpha)
     net = {key[len(NET_PREFIX):]: value for key, value in state.items() if key.startswith(NET_PREFIX)}
-    ema_adapters = {key[len(EMA_PREFIX):]: value for key, value in state.items() if key.startswith(EMA_PREFIX)}
+    ema = {key[len(EMA_PREFIX):]: value for key, value in state.items() if key.startswith(EMA_PREFIX)}
     ema_net = {}
-    if ema_adapters:
-        if set(ema_adapters) != {key for key in net if lora.is_adapter_key(key)}:
-            raise CheckpointError(f"{model_dir}: its '{EMA_PREFIX}*' keys are not the adapters of its '{NET_PREFIX}*'")
-        ema_net = {key: ema_adapters[key] if key in ema_adapters else value.float() if value.is_floating_point()
+    if set(ema) == set(net):  # the official LoRA run's EMA: a whole second net
+        ema_net = ema
+    elif ema:  # ours: the averaged adapters only, on the one frozen base
+        if set(ema) != {key for key in net if lora.is_adapter_key(key)}:
+            raise CheckpointError(f"{model_dir}: its '{EMA_PREFIX}*' keys are neither the adapters of its "
+                                  f"'{NET_PREFIX}*' nor a whole EMA net")
+        ema_net = {key: ema[key] if key in ema else value.float() if value.is_floating_point()
                    else value for key, value in net.items()}
     adapter = lora.adapter_state(ema_net or net)
     if merge:

@@ -174,6 +174,7 @@ def test_rendered_defaults_are_valid_toml():
 
 @pytest.mark.parametrize(("override", "message"), [
     ("lora.alpha=0", r"lora.alpha = 0.0 is invalid: expected a value > 0"),
+    ("lora.dropout=0.1", r"lora.dropout = 0.1 is not supported yet: expected 0"),
     ("lora.target_modules=[]", r"lora.target_modules is empty"),
     ('lora.target_modules=["q_proj", ""]', r"lora.target_modules entry '' is invalid"),
     ("lora.target_modules=[1]", r"lora.target_modules\[0\] = 1 is invalid: expected a string"),

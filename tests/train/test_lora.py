@@ -268,6 +268,33 @@ def test_an_official_lora_checkpoint_loads_merged(tmp_path, layout):
         build_dit(TINY, path, lora=LoraConfig(rank=16))
 
 
+def test_an_official_lora_dcp_checkpoint_converts_without_an_adapter_config(tmp_path):
+    """The official trainer's LoRA checkpoint: injected keys, a whole EMA net under net_ema.*, and no
+    adapter_config.json beside it (the official values are taken): converted merged, the EMA file samples
+    as the EMA net does; converted unmerged, it keeps the injected layout and loads the same."""
+    import torch.distributed.checkpoint as dcp
+
+    from cosmos_engine.convert import convert_checkpoint
+
+    official = LoraConfig(enabled=True)
+    net, ema = random_dit(), random_dit(1)
+    for seed, model in ((7, net), (8, ema)):
+        lora.inject_lora(model, official)
+        randomize_adapters(model, seed)
+    state = {**{"net." + k: v for k, v in net.state_dict().items()},
+             **{"net_ema." + k: v for k, v in ema.state_dict().items()}}
+    model_dir = tmp_path / "iter_000000010" / "model"
+    dcp.save(state, checkpoint_id=str(model_dir))
+    for merge in (True, False):
+        out = tmp_path / f"merged_{merge}"
+        written = convert_checkpoint(model_dir, out, merge_lora=merge)
+        assert (out / "lora_adapter" / "adapter_config.json").is_file()
+        ema_file = next(p for p in written if p.name == "model_ema_fp32.pt")
+        keys = torch.load(ema_file, weights_only=True, mmap=True).keys()
+        assert any("lora_A" in k for k in keys) != merge
+        torch.testing.assert_close(output(build_dit(TINY, ema_file)), output(ema), **TOL)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------------------------------------------------------

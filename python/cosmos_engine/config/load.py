@@ -137,6 +137,11 @@ def _validate_lora(cfg: schema.LoraConfig, where: typing.Callable[[str], str]) -
     built (models/lora.py), since this leaf package imports no model code."""
     if cfg.alpha <= 0:
         raise RecipeError(f"{where('lora.alpha')}: lora.alpha = {cfg.alpha} is invalid: expected a value > 0")
+    if cfg.dropout:
+        # PEFT's dropout draws from the global RNG, which no (seed, step, sample) stream drives or checkpoints.
+        raise RecipeError(f"{where('lora.dropout')}: lora.dropout = {cfg.dropout} is not supported yet: expected 0 "
+                          "(the official value); adapter dropout would make a resumed run differ from an "
+                          "uninterrupted one")
     if not cfg.target_modules:
         raise RecipeError(f"{where('lora.target_modules')}: lora.target_modules is empty: name at least one layer, "
                           f"e.g. {list(schema.OFFICIAL_LORA_TARGETS)}")

@@ -101,6 +101,13 @@ def _rename(key: str, src: int) -> str:
                           "has no module it belongs to")
 
 
+def diffusers_module_roots() -> list[str]:
+    """The first names of diffusers module paths that no official key starts with (`transformer_blocks`,
+    `patch_embed`, ...): what tells a diffusers-named key from an official one."""
+    official = {BLOCKS[0]} | {path.split(".")[0] for path, _ in TOP_MODULES}
+    return sorted(({BLOCKS[1]} | {path.split(".")[0] for _, path in TOP_MODULES}) - official)
+
+
 def is_dropped(official_key: str) -> bool:
     """Whether diffusers has no entry for this official key (a buffer `rebuilt_buffers` recomputes)."""
     return any(_under(official_key, path) for path in DROPPED)
@@ -318,6 +325,8 @@ def save_diffusers(state: Mapping[str, torch.Tensor], config: DiTConfig, folder:
     names = [WEIGHTS_FILE] if len(shards) == 1 else [
         f"diffusion_pytorch_model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
     written = []
+    if len(shards) == 1:  # a reader prefers an index: a stale one must not outlive a crash of this export
+        (folder / INDEX_FILE).unlink(missing_ok=True)
     for name, shard in zip(names, shards):
         with atomic_path(folder / name) as tmp:
             save_file(shard, str(tmp), metadata={"format": "pt"})

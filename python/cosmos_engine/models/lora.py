@@ -41,6 +41,7 @@ from cosmos_engine.atomic import atomic_path
 from cosmos_engine.config.schema import LoraConfig
 from cosmos_engine.errors import CheckpointError, RecipeError
 from cosmos_engine.models.cosmos_dit import CosmosDiT, DiTConfig
+from cosmos_engine.models.diffusers_format import diffusers_module_roots, official_key
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ ADAPTABLE = re.compile(r"blocks\.\d+\.(self_attn|cross_attn)\.(q_proj|k_proj|v_p
 _INJECTED = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight$")
 _ADAPTER = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 # Names only diffusers' Cosmos transformer has (its rename table maps them to ours).
-_DIFFUSERS = re.compile(r"(^|\.)(transformer_blocks|attn1|attn2|to_q|to_k|to_v|to_out|ff\.net|proj_out|norm1)\.")
+_DIFFUSERS = re.compile(r"^(transformer\.)?(" + "|".join(re.escape(path) for path in diffusers_module_roots()) + r")\.")
 _SHOWN = 5
 
 
@@ -176,12 +177,10 @@ def adapter_keys_to_official(state: Mapping[str, torch.Tensor], source: str | Pa
     Accepts PEFT's saved keys (`base_model.model.` prefix, or none) of adapters on our DiT or the official one,
     and adapters with diffusers' key names (as the diffusers Cosmos recipe saves them, with or without a
     `transformer.` prefix), renamed through the one official <-> diffusers table (models/diffusers_format.py)."""
-    from cosmos_engine.models.diffusers_format import official_key
-
     out = {}
     for key, value in state.items():
         name = key.removeprefix(PEFT_FILE_PREFIX)
-        if _DIFFUSERS.search(name) or name.startswith("transformer."):
+        if _DIFFUSERS.match(name) or name.startswith("transformer."):
             try:
                 name = official_key(name.removeprefix("transformer."))
             except CheckpointError as exc:

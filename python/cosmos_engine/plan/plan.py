@@ -316,7 +316,7 @@ def _train(recipe: Recipe, dev: Device, gpus: int, nodes: int, cache_state: dict
     disk = [Line("checkpoint (one)", ckpt_bytes, f"{held}, scheduler, trainer"),
             Line(f"checkpoints x keep_last={ckpt.keep_last}", ckpt_bytes * ckpt.keep_last, "")]
     if data.cache == "windows":
-        disk.append(Line("latent cache", mem.latent_cache_bytes(data.num_frames, data.height, data.width, model_bytes, windows),
+        disk.append(Line("latent cache", mem.latent_cache_bytes(data.num_frames, data.height, data.width, vae_e, windows),
                          f"{windows} windows, {cache_state.get('windows_cached', 0)} already cached"))
     disk.append(Line("text embedding cache", mem.text_cache_bytes(cfg, N, model_bytes, cache_state.get("prompts", 1)),
                      f"{cache_state.get('prompts', 1)} captions, {cache_state.get('prompts_cached', 0)} already cached"))
