@@ -23,10 +23,10 @@ rm -rf "$DIST"
 wheel=$(ls "$DIST"/cosmos_engine-*.whl)
 echo "check_wheel: built $wheel ($(du -k "$wheel" | cut -f1) KiB) in $((SECONDS - start)) s"
 "$PYTHON" - "$wheel" <<'EOF'
-import importlib.metadata, sys, zipfile
+import importlib.metadata, re, sys, zipfile
 wheel = zipfile.ZipFile(sys.argv[1])
 metadata = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-pins = [line for line in metadata.splitlines() if line.startswith("Requires-Dist: torch")]
+pins = [line for line in metadata.splitlines() if re.match(r"Requires-Dist: torch(?=[ =<>!~;(\[]|$)", line)]
 want = f"Requires-Dist: torch=={importlib.metadata.version('torch')}"
 assert pins == [want], f"the wheel's torch requirement is {pins}, expected [{want!r}]"
 print(f"check_wheel: {want}")
